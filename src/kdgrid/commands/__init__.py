@@ -1,0 +1,1 @@
+"""One module per `kdgrid` subcommand (see `kdgrid.cli`)."""
