@@ -1,0 +1,222 @@
+"""The embedded synthetic task suite: two families that mirror the paper's, in LLM-Adapters format.
+
+math (like Math10K and its six test sets): word problems answered with a short rationale ending in
+"The answer is N", scored on the last number of the generation:
+- syn_arith: one operation (+, -, *) on small numbers;
+- syn_twostep: two operations in a row;
+- syn_choice: a one-step problem with five options (A)-(E), answered with the letter (AQuA-like);
+  no capital A-E appears in its rationale before the answer letter (the paper's AQuA rule reads
+  the first one).
+
+commonsense (like Commonsense15K and its eight test sets): questions about a small fixed world of
+28 things, each with a category and a size rank, answered in the paper's keyword format
+("the correct answer is answer2"):
+- syn_bool: "is the X bigger than the Y?" / "is the X a kind of Z?", true/false (BoolQ-like);
+- syn_pick: which of three things is a Z, answer1-answer3 (SIQA/ARC-like);
+- syn_option: fill in the blank with the bigger or smaller of two things, option1/option2
+  (WinoGrande-like).
+
+`generate_family(family, seed, n_train, n_test)` returns one training set mixing the family's
+tasks and one test set per task; no test item's (instruction, input) appears in the training set.
+Everything is drawn from `random.Random` seeded with a string, so the same arguments give the same
+records on every machine and Python version.
+"""
+
+from __future__ import annotations
+
+import random
+
+from .errors import KdgridError, unknown
+
+FAMILY_TASKS = {
+    "math": ("syn_arith", "syn_twostep", "syn_choice"),
+    "commonsense": ("syn_bool", "syn_pick", "syn_option"),
+}
+
+# Names avoid the capitals A-E so no name can be read as an AQuA answer letter.
+NAMES = ["Tom", "Sam", "Lily", "Mia", "Max", "Zoe", "Ryan", "Nina", "Omar", "Paul",
+         "Kate", "Jack", "Luke", "Rosa", "Sara", "Tina", "Hugo", "Ivan", "Gina", "Leo"]
+ITEMS = ["apples", "pencils", "marbles", "cookies", "stickers", "books", "cards", "shells", "coins", "flowers"]
+CONTAINERS = ["bags", "boxes", "jars", "baskets"]
+
+# The commonsense world, smallest first: (thing, category).
+THINGS = [
+    ("ant", "animal"), ("bee", "animal"), ("grape", "fruit"), ("nail", "tool"), ("plum", "fruit"),
+    ("flute", "instrument"), ("spoon", "tool"), ("mouse", "animal"), ("apple", "fruit"),
+    ("hammer", "tool"), ("violin", "instrument"), ("melon", "fruit"), ("cat", "animal"),
+    ("guitar", "instrument"), ("stool", "furniture"), ("chair", "furniture"), ("dog", "animal"),
+    ("bicycle", "vehicle"), ("table", "furniture"), ("ladder", "tool"), ("bed", "furniture"),
+    ("piano", "instrument"), ("horse", "animal"), ("car", "vehicle"), ("elephant", "animal"),
+    ("bus", "vehicle"), ("whale", "animal"), ("ship", "vehicle"),
+]
+SIZE_RANK = {thing: rank for rank, (thing, _) in enumerate(THINGS)}
+CATEGORY = dict(THINGS)
+CATEGORIES = sorted(set(CATEGORY.values()))
+LETTERS = "ABCDE"
+
+
+def _record(instruction: str, output: str, answer: str) -> dict:
+    return {"instruction": instruction, "input": "", "output": output, "answer": answer}
+
+
+# --- math ---------------------------------------------------------------------------------------
+
+def _one_step(rng: random.Random) -> tuple[str, str, int]:
+    """(question, equation, result) of a one-operation word problem."""
+    name, friend = rng.sample(NAMES, 2)
+    item = rng.choice(ITEMS)
+    op = rng.choice("+-*")
+    if op == "+":
+        a, b = rng.randint(1, 9), rng.randint(1, 9)
+        question = f"{name} has {a} {item}. Then {name} gets {b} more {item}. How many {item} does {name} have now?"
+        return question, f"{a} + {b} = {a + b}", a + b
+    if op == "-":
+        a = rng.randint(2, 18)
+        b = rng.randint(1, a - 1)
+        question = f"{name} has {a} {item}. Then {name} gives {b} {item} to {friend}. How many {item} does {name} have left?"
+        return question, f"{a} - {b} = {a - b}", a - b
+    a, b = rng.randint(2, 5), rng.randint(2, 5)
+    container = rng.choice(CONTAINERS)
+    question = f"{name} has {a} {container} with {b} {item} in each. How many {item} does {name} have?"
+    return question, f"{a} * {b} = {a * b}", a * b
+
+
+def syn_arith(rng: random.Random) -> dict:
+    question, equation, result = _one_step(rng)
+    return _record(question, f"{equation}. The answer is {result}", str(result))
+
+
+def syn_twostep(rng: random.Random) -> dict:
+    name, friend = rng.sample(NAMES, 2)
+    item = rng.choice(ITEMS)
+    a, b = rng.randint(1, 9), rng.randint(1, 9)
+    if rng.random() < 0.5:
+        c = rng.randint(1, a + b - 1)
+        question = (f"{name} has {a} {item}. Then {name} gets {b} more {item} and gives {c} {item} to {friend}. "
+                    f"How many {item} does {name} have left?")
+        equations = f"{a} + {b} = {a + b}. {a + b} - {c} = {a + b - c}"
+        result = a + b - c
+    else:
+        c = rng.randint(1, 9)
+        question = (f"{name} has {a} {item} and {friend} has {b} {item}. Then they each get {c} more {item}. "
+                    f"How many {item} do they have together?")
+        equations = f"{a} + {b} = {a + b}. {c} * 2 = {2 * c}. {a + b} + {2 * c} = {a + b + 2 * c}"
+        result = a + b + 2 * c
+    return _record(question, f"{equations}. The answer is {result}", str(result))
+
+
+def syn_choice(rng: random.Random) -> dict:
+    question, equation, result = _one_step(rng)
+    options = {result}
+    while len(options) < 5:
+        options.add(max(0, result + rng.choice([-3, -2, -1, 1, 2, 3, 4])))
+    options = sorted(options)
+    rng.shuffle(options)
+    letter = LETTERS[options.index(result)]
+    choices = " ".join(f"({L}) {value}" for L, value in zip(LETTERS, options))
+    return _record(f"{question} Answer Choices: {choices}", f"{equation}. The answer is {letter}", letter)
+
+
+# --- commonsense --------------------------------------------------------------------------------
+
+def _keyword_answer(keyword: str) -> str:
+    return f"the correct answer is {keyword}"
+
+
+def syn_bool(rng: random.Random) -> dict:
+    if rng.random() < 0.5:
+        x, y = rng.sample(list(SIZE_RANK), 2)
+        question = f"is the {x} bigger than the {y}"
+        truth = SIZE_RANK[x] > SIZE_RANK[y]
+    else:
+        x = rng.choice(list(CATEGORY))
+        category = CATEGORY[x] if rng.random() < 0.5 else rng.choice([c for c in CATEGORIES if c != CATEGORY[x]])
+        question = f"is the {x} a kind of {category}"
+        truth = CATEGORY[x] == category
+    answer = "true" if truth else "false"
+    instruction = f"Please answer the following question with true or false, question: {question}?\n\nAnswer format: true/false"
+    return _record(instruction, _keyword_answer(answer), answer)
+
+
+def syn_pick(rng: random.Random) -> dict:
+    category = rng.choice(CATEGORIES)
+    right = rng.choice([t for t, c in THINGS if c == category])
+    wrong = rng.sample([t for t, c in THINGS if c != category], 2)
+    choices = [right, *wrong]
+    rng.shuffle(choices)
+    keyword = f"answer{choices.index(right) + 1}"
+    lines = "\n\n".join(f"Answer{i}: the {thing}" for i, thing in enumerate(choices, start=1))
+    instruction = (f"Please choose the correct answer to the question: which of these is a kind of {category}?\n\n"
+                   f"{lines}\n\nAnswer format: answer1/answer2/answer3")
+    return _record(instruction, _keyword_answer(keyword), keyword)
+
+
+def syn_option(rng: random.Random) -> dict:
+    x, y = rng.sample(list(SIZE_RANK), 2)
+    relation = rng.choice(["bigger", "smaller"])
+    bigger = x if SIZE_RANK[x] > SIZE_RANK[y] else y
+    right = bigger if relation == "bigger" else (y if bigger == x else x)
+    keyword = f"option{[x, y].index(right) + 1}"
+    instruction = (f"Please choose the correct answer to fill in the blank to complete the given sentence: "
+                   f"Of the {x} and the {y}, the _ is {relation}.\n\nOption1: {x}\n\nOption2: {y}\n\n"
+                   f"Answer format: option1/option2")
+    return _record(instruction, _keyword_answer(keyword), keyword)
+
+
+GENERATORS = {f.__name__: f for f in [syn_arith, syn_twostep, syn_choice, syn_bool, syn_pick, syn_option]}
+
+
+# --- sets ---------------------------------------------------------------------------------------
+
+def _key(record: dict) -> tuple[str, str]:
+    return record["instruction"], record["input"]
+
+
+def _draw_unique(generate, rng: random.Random, n: int, taken: set, task: str) -> list[dict]:
+    records = []
+    attempts = 0
+    while len(records) < n:
+        attempts += 1
+        if attempts > 50 * n + 1000:
+            raise KdgridError(f"synthetic task {task}: cannot draw {n} distinct items (got {len(records)}); ask for fewer")
+        record = generate(rng)
+        if _key(record) not in taken:
+            taken.add(_key(record))
+            records.append(record)
+    return records
+
+
+def generate_family(family: str, seed: int, n_train: int, n_test: int,
+                    tasks: list[str] | None = None) -> tuple[list[dict], dict[str, list[dict]]]:
+    """(training records mixing the family's tasks, {task: test records}), disjoint, deterministic."""
+    if family not in FAMILY_TASKS:
+        raise unknown("family", family, FAMILY_TASKS)
+    for task in tasks or ():
+        if task not in FAMILY_TASKS[family]:
+            raise unknown(f"{family} synthetic task", task, FAMILY_TASKS[family])
+    if n_train < 0 or n_test < 0:
+        raise KdgridError(f"n_train and n_test must be >= 0 (got {n_train}, {n_test})")
+    family_tasks = FAMILY_TASKS[family]
+    taken: set = set()
+    tests = {}
+    for task in family_tasks:  # every task's test set is drawn, so a task subset does not change them
+        rng = random.Random(f"kdgrid-{family}-{task}-test-{seed}")
+        tests[task] = _draw_unique(GENERATORS[task], rng, n_test, taken, task)
+    train_rng = random.Random(f"kdgrid-{family}-train-{seed}")
+    counts = [n_train // len(family_tasks) + (i < n_train % len(family_tasks)) for i in range(len(family_tasks))]
+    train = []
+    for task, count in zip(family_tasks, counts):
+        train += _draw_unique(GENERATORS[task], train_rng, count, taken, task)
+    train_rng.shuffle(train)
+    if tasks:
+        tests = {t: tests[t] for t in tasks}
+    return train, tests
+
+
+def corpus_records() -> list[dict]:
+    """Fixed text the tiny tokenizer is trained on (both families, seed 0; independent of any user seed)."""
+    records = []
+    for family in FAMILY_TASKS:
+        train, _ = generate_family(family, seed=0, n_train=600, n_test=0)
+        records += train
+    return records
