@@ -1,0 +1,323 @@
+"""Knowledge-distillation losses: small pure functions of student and teacher logits.
+
+Every loss takes `student_logits` [batch, seq, vocab] (any float dtype; computed in float32), the
+teacher's logits in the same shape (or a `kdgrid.teacher_cache.SparseTeacher`, the teacher's top-k
+outputs read from the cache) and a 0/1 `mask` [batch, seq] of the tokens that count. It returns a
+scalar differentiable w.r.t. the student logits; the teacher is a constant. With
+p = softmax(logits / temperature):
+
+- forward_kl: sum_v p_T (log p_T - log p_S) per token. The paper calls this SeqKD.
+- reverse_kl: sum_v p_S (log p_S - log p_T) per token. The paper's RevKD.
+- generalized_jsd: with M = beta p_S + (1 - beta) p_T, beta KL(p_T || M) + (1 - beta) KL(p_S || M).
+  At beta = 0 this is exactly reverse KL, at beta = 1 exactly forward KL (the formula itself, no
+  special case). The paper's code ignored the temperature for GKD; ours applies it like the others.
+- skew_kl: DistiLLM's skewed forward KL, KL(p_T || skew p_T + (1 - skew) p_S).
+- tvd: total variation, 0.5 sum_v |p_T - p_S|.
+
+Averaging: generalized_jsd averages over all masked tokens of the batch; the others average over
+the masked tokens of each sequence, then over the sequences that have at least one masked token.
+Every loss is multiplied by temperature². A batch without any masked token has loss 0.
+
+Vocabulary widths: Qwen2.5 0.5B-3B have 151936 logits, 7B-14B 152064 over the same tokenizer; the
+extra rows are padding (no token has those ids), so both sides are sliced to the shared width.
+
+Memory: a straightforward loss materialises several [tokens, vocab] float32 tensors, forward and
+backward (gigabytes at a 152k vocabulary). Here the masked tokens are processed in chunks of rows;
+each chunk's loss and its gradient w.r.t. the student's logits are computed in the forward pass,
+and only that gradient (one tensor shaped like the student logits) is kept for backward. Backward
+may therefore run once per forward (no retain_graph double backward, no double differentiation).
+
+With a SparseTeacher the divergence is taken between the (k+1)-bucket collapsed distributions: the
+k cached tokens exactly, plus one "rest" bucket with the remaining probability mass, for teacher and
+student alike. Collapsing outcomes can only shrink an f-divergence (all the losses above are
+f-divergences), so the sparse value is <= the dense one; for forward KL the gap is exactly
+r_T * KL(p_T restricted to the rest || p_S restricted to the rest), r_T the teacher's rest mass.
+See docs/teacher_cache.md for measured errors.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from .errors import KdgridError, unknown
+from .teacher_cache import SparseTeacher
+
+# Elements (rows x vocab) of one chunk: 4M float32 = 16 MiB per intermediate, about 27 rows at 152k.
+CHUNK_ELEMENTS = 1 << 22
+
+Teacher = torch.Tensor | SparseTeacher
+
+
+# --- per-token divergences between log-probability rows [n, buckets] -> [n] -------------------
+
+def _xlogratio(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
+    """a * (log a - log b) elementwise; 0 where a = 0, with zero (not NaN) gradients there."""
+    a_is_zero = torch.isneginf(log_a)
+    log_a = log_a.masked_fill(a_is_zero, 0.0)
+    log_b = log_b.masked_fill(a_is_zero, 0.0)
+    return (log_a.exp() * (log_a - log_b)).masked_fill(a_is_zero, 0.0)
+
+
+def _log_mixture(log_a: torch.Tensor, log_b: torch.Tensor, weight_a: float) -> torch.Tensor:
+    """log(weight_a * a + (1 - weight_a) * b)."""
+    if weight_a == 0.0:
+        return log_b
+    if weight_a == 1.0:
+        return log_a
+    both_zero = torch.isneginf(log_a) & torch.isneginf(log_b)
+    mixed = torch.logaddexp(
+        log_a.masked_fill(both_zero, 0.0) + math.log(weight_a),
+        log_b.masked_fill(both_zero, 0.0) + math.log1p(-weight_a),
+    )
+    return mixed.masked_fill(both_zero, -math.inf)
+
+
+def _forward_kl_terms(log_q: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
+    return _xlogratio(log_p, log_q).sum(-1)
+
+
+def _reverse_kl_terms(log_q: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
+    return _xlogratio(log_q, log_p).sum(-1)
+
+
+def _tvd_terms(log_q: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (log_p.exp() - log_q.exp()).abs().sum(-1)
+
+
+def _skew_kl_terms(skew: float) -> Callable:
+    def terms(log_q: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
+        return _xlogratio(log_p, _log_mixture(log_p, log_q, skew)).sum(-1)
+
+    return terms
+
+
+def _generalized_jsd_terms(beta: float) -> Callable:
+    def terms(log_q: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
+        log_m = _log_mixture(log_q, log_p, beta)
+        total = 0.0
+        if beta > 0.0:
+            total = total + beta * _xlogratio(log_p, log_m).sum(-1)
+        if beta < 1.0:
+            total = total + (1.0 - beta) * _xlogratio(log_q, log_m).sum(-1)
+        return total
+
+    return terms
+
+
+# --- the two sides of one chunk of rows, as log-probabilities over the same buckets -------------
+
+def _dense_log_probs(student: torch.Tensor, teacher: torch.Tensor, temperature: float):
+    return torch.log_softmax(student / temperature, -1), torch.log_softmax(teacher / temperature, -1)
+
+
+def _sparse_log_probs(student: torch.Tensor, topk_logits: torch.Tensor, topk_ids: torch.Tensor,
+                      rest_lse: torch.Tensor, temperature: float):
+    """(k+1)-bucket collapsed log-probabilities: the teacher's top-k tokens, then the rest.
+
+    Cached ids at or beyond the student's width (teacher padding rows) get probability 0 on both
+    sides; both rows are renormalised over the buckets.
+    """
+    rows, width = student.shape
+    valid = topk_ids < width
+    safe_ids = topk_ids.masked_fill(~valid, 0)
+    covered = torch.zeros(rows, width, device=student.device).scatter_add_(1, safe_ids, valid.float()) > 0
+    has_rest = ~covered.all(1)
+
+    scaled = student / temperature
+    student_top = scaled.gather(1, safe_ids).masked_fill(~valid, -math.inf)
+    rest_logits = scaled.masked_fill(covered, -math.inf).masked_fill(~has_rest[:, None], 0.0)
+    student_rest = torch.logsumexp(rest_logits, 1).masked_fill(~has_rest, -math.inf)
+    log_q = torch.log_softmax(torch.cat([student_top, student_rest[:, None]], 1), 1)
+
+    teacher_top = (topk_logits / temperature).masked_fill(~valid, -math.inf)
+    teacher_rest = rest_lse.masked_fill(~has_rest, -math.inf)
+    log_p = torch.log_softmax(torch.cat([teacher_top, teacher_rest[:, None]], 1), 1)
+    return log_q, log_p
+
+
+# --- chunked forward with the gradient computed on the fly --------------------------------------
+
+class _ChunkedDivergence(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, student_logits, teacher, rows, row_weights, terms, temperature, width, need_grad):
+        vocab = student_logits.shape[-1]
+        student_rows = student_logits.reshape(-1, vocab)
+        if isinstance(teacher, SparseTeacher):
+            k = teacher.k
+            teacher_rows = (teacher.topk_logits.reshape(-1, k), teacher.topk_ids.reshape(-1, k),
+                            teacher.rest_lse.reshape(-1))
+        else:
+            teacher_rows = teacher.reshape(-1, teacher.shape[-1])
+        grad = torch.zeros_like(student_logits) if need_grad else None
+        grad_rows = grad.view(-1, vocab) if need_grad else None
+        # float32 at least (float64 stays float64, for gradcheck)
+        compute_dtype = torch.promote_types(student_logits.dtype, torch.float32)
+        total = torch.zeros((), dtype=torch.float64, device=student_logits.device)
+        step = max(1, CHUNK_ELEMENTS // width)
+        for start in range(0, rows.numel(), step):
+            chunk = rows[start:start + step]
+            student = student_rows[chunk, :width].to(compute_dtype)
+            with torch.enable_grad():
+                student.requires_grad_(need_grad)
+                if isinstance(teacher, SparseTeacher):
+                    topk_logits, topk_ids, rest_lse = (t[chunk] for t in teacher_rows)
+                    log_q, log_p = _sparse_log_probs(student, topk_logits.to(compute_dtype), topk_ids.long(),
+                                                     rest_lse.to(compute_dtype), temperature)
+                else:
+                    log_q, log_p = _dense_log_probs(student, teacher_rows[chunk, :width].to(compute_dtype), temperature)
+                chunk_loss = (terms(log_q, log_p) * row_weights[start:start + step].to(compute_dtype)).sum()
+            if need_grad:
+                (chunk_grad,) = torch.autograd.grad(chunk_loss, student)
+                grad_rows[chunk, :width] = chunk_grad.to(grad.dtype)
+            total += chunk_loss.detach().double()
+        if need_grad:
+            ctx.save_for_backward(grad)
+        return total.to(compute_dtype)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (grad,) = ctx.saved_tensors
+        # The usual case (the KD loss is the whole objective) needs no second full-size tensor.
+        if grad_output.numel() == 1 and float(grad_output) == 1.0:
+            scaled = grad
+        else:
+            scaled = grad * grad_output.to(grad.dtype)
+        return scaled, None, None, None, None, None, None, None
+
+
+def shared_width(student_logits: torch.Tensor, teacher_logits: Teacher):
+    """Slice student and (dense) teacher logits to the vocabulary width they share.
+
+    The larger model's extra rows are padding: no token of the shared tokenizer has those ids.
+    Returns (student_logits, teacher_logits) as views; a SparseTeacher is returned unchanged.
+    """
+    teacher_width = teacher_logits.width if isinstance(teacher_logits, SparseTeacher) else teacher_logits.shape[-1]
+    width = min(student_logits.shape[-1], teacher_width)
+    if isinstance(teacher_logits, SparseTeacher):
+        return student_logits[..., :width], teacher_logits
+    return student_logits[..., :width], teacher_logits[..., :width]
+
+
+def _check_inputs(student_logits, teacher_logits, mask, temperature):
+    if not isinstance(student_logits, torch.Tensor) or student_logits.dim() != 3:
+        raise KdgridError(f"student_logits must be a [batch, seq, vocab] tensor, got shape "
+                          f"{tuple(getattr(student_logits, 'shape', ()))}")
+    batch_seq = tuple(student_logits.shape[:2])
+    if isinstance(teacher_logits, SparseTeacher):
+        teacher_shape = teacher_logits.shape
+    elif isinstance(teacher_logits, torch.Tensor) and teacher_logits.dim() == 3:
+        teacher_shape = tuple(teacher_logits.shape[:2])
+    else:
+        raise KdgridError("teacher_logits must be a [batch, seq, vocab] tensor or a SparseTeacher")
+    if teacher_shape != batch_seq:
+        raise KdgridError(f"teacher [batch, seq] {teacher_shape} does not match the student's {batch_seq}")
+    if tuple(mask.shape) != batch_seq:
+        raise KdgridError(f"mask shape {tuple(mask.shape)} does not match the logits' [batch, seq] {batch_seq}")
+    if not temperature > 0:
+        raise KdgridError(f"temperature must be > 0, got {temperature}")
+    if isinstance(teacher_logits, SparseTeacher) and not math.isclose(teacher_logits.temperature, temperature):
+        raise KdgridError(f"the cached teacher outputs are at temperature {teacher_logits.temperature}, "
+                          f"the loss asks for {temperature}")
+
+
+def _token_weights(mask: torch.Tensor, per_sequence: bool):
+    """Flat indices of the masked tokens and each one's weight in the batch average."""
+    mask = mask.to(torch.bool)
+    counts = mask.sum(1)
+    if per_sequence:
+        sequences = (counts > 0).sum()
+        weights = mask / (counts.clamp(min=1)[:, None] * sequences.clamp(min=1))
+    else:
+        weights = mask / counts.sum().clamp(min=1)
+    rows = mask.reshape(-1).nonzero().squeeze(1)
+    return rows, weights.reshape(-1)[rows].float()
+
+
+def _divergence(terms, student_logits, teacher_logits, mask, temperature, per_sequence):
+    _check_inputs(student_logits, teacher_logits, mask, temperature)
+    teacher_width = teacher_logits.width if isinstance(teacher_logits, SparseTeacher) else teacher_logits.shape[-1]
+    width = min(student_logits.shape[-1], teacher_width)
+    rows, weights = _token_weights(mask.to(student_logits.device), per_sequence)
+    if isinstance(teacher_logits, SparseTeacher):
+        if rows.numel() and bool((teacher_logits.topk_ids.reshape(-1, teacher_logits.k)[rows, 0] < 0).any()):
+            raise KdgridError("the mask selects a position the teacher cache has no row for "
+                              "(cached example shorter than the training sequence)")
+    else:
+        teacher_logits = teacher_logits.detach()
+    need_grad = torch.is_grad_enabled() and student_logits.requires_grad
+    return _ChunkedDivergence.apply(student_logits, teacher_logits, rows, weights * temperature**2,
+                                    terms, float(temperature), width, need_grad)
+
+
+# --- public losses -------------------------------------------------------------------------------
+
+def forward_kl(student_logits: torch.Tensor, teacher_logits: Teacher, mask: torch.Tensor,
+               temperature: float = 1.0) -> torch.Tensor:
+    """Forward KL(p_T || p_S), per-sequence token mean, batch mean, times temperature² (paper: SeqKD)."""
+    return _divergence(_forward_kl_terms, student_logits, teacher_logits, mask, temperature, per_sequence=True)
+
+
+def reverse_kl(student_logits: torch.Tensor, teacher_logits: Teacher, mask: torch.Tensor,
+               temperature: float = 1.0) -> torch.Tensor:
+    """Reverse KL(p_S || p_T), per-sequence token mean, batch mean, times temperature² (paper: RevKD)."""
+    return _divergence(_reverse_kl_terms, student_logits, teacher_logits, mask, temperature, per_sequence=True)
+
+
+def generalized_jsd(student_logits: torch.Tensor, teacher_logits: Teacher, mask: torch.Tensor,
+                    beta: float = 0.5, temperature: float = 1.0) -> torch.Tensor:
+    """GKD's generalized Jensen-Shannon divergence, mean over all masked tokens, times temperature².
+
+    M = beta p_S + (1 - beta) p_T; per token beta KL(p_T || M) + (1 - beta) KL(p_S || M).
+    beta = 0 gives reverse KL, beta = 1 forward KL, exactly.
+    """
+    if not 0.0 <= beta <= 1.0:
+        raise KdgridError(f"generalized_jsd: beta must be in [0, 1], got {beta}")
+    return _divergence(_generalized_jsd_terms(float(beta)), student_logits, teacher_logits, mask,
+                       temperature, per_sequence=False)
+
+
+def skew_kl(student_logits: torch.Tensor, teacher_logits: Teacher, mask: torch.Tensor,
+            skew: float = 0.1, temperature: float = 1.0) -> torch.Tensor:
+    """DistiLLM's skewed forward KL(p_T || skew p_T + (1 - skew) p_S), per-sequence averaging."""
+    if not 0.0 <= skew <= 1.0:
+        raise KdgridError(f"skew_kl: skew must be in [0, 1], got {skew}")
+    return _divergence(_skew_kl_terms(float(skew)), student_logits, teacher_logits, mask, temperature,
+                       per_sequence=True)
+
+
+def tvd(student_logits: torch.Tensor, teacher_logits: Teacher, mask: torch.Tensor,
+        temperature: float = 1.0) -> torch.Tensor:
+    """Total variation distance 0.5 sum_v |p_T - p_S|, per-sequence averaging."""
+    return _divergence(_tvd_terms, student_logits, teacher_logits, mask, temperature, per_sequence=True)
+
+
+LOSSES = {
+    "fkl": forward_kl,
+    "rkl": reverse_kl,
+    "gkd": generalized_jsd,
+    "jsd": generalized_jsd,
+    "skew_kl": skew_kl,
+    "tvd": tvd,
+}
+
+
+def kd_loss(method: str, student_logits: torch.Tensor, teacher_logits: Teacher, mask: torch.Tensor,
+            **kwargs) -> torch.Tensor:
+    """The KD loss named `method` (a key of LOSSES); kwargs go to it (temperature, beta, skew)."""
+    if method not in LOSSES:
+        raise unknown("KD method", method, LOSSES)
+    return LOSSES[method](student_logits, teacher_logits, mask, **kwargs)
+
+
+def mix_with_ce(ce_loss: torch.Tensor | None, kd: torch.Tensor, kd_weight: float = 1.0) -> torch.Tensor:
+    """(1 - w) * CE + w * KD; with w = 1 (the study) the cross-entropy is not needed (may be None)."""
+    if not 0.0 <= kd_weight <= 1.0:
+        raise KdgridError(f"kd_weight must be in [0, 1], got {kd_weight}")
+    if kd_weight == 1.0:
+        return kd
+    if ce_loss is None:
+        raise KdgridError(f"kd_weight {kd_weight} < 1 needs the cross-entropy loss")
+    return (1.0 - kd_weight) * ce_loss + kd_weight * kd
