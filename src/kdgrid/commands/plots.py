@@ -1,0 +1,20 @@
+"""`kdgrid plots`: the paper's figures from a results table."""
+
+from __future__ import annotations
+
+HELP = "Draw the paper's figures (PNG and PDF, with caption files) from a results table."
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--table", required=True, metavar="FILE", help="results table (.csv or .parquet) from `kdgrid aggregate`")
+    parser.add_argument("--out-dir", required=True, metavar="DIR",
+                        help="where fig1_accuracy.png ... fig7_heatmap.pdf and captions/<figure>.rst go")
+
+
+def run(args) -> int:
+    from ..analysis.figures import draw_all
+    from ..analysis.table import read_table
+
+    written, empty = draw_all(read_table(args.table), args.out_dir)
+    print(f"kdgrid plots: {len(written)} files -> {args.out_dir}" + (f" ({len(empty)} figure(s) without data)" if empty else ""))
+    return 0
