@@ -242,6 +242,9 @@ def _divergence(terms, student_logits, teacher_logits, mask, temperature, per_se
     width = min(student_logits.shape[-1], teacher_width)
     rows, weights = _token_weights(mask.to(student_logits.device), per_sequence)
     if isinstance(teacher_logits, SparseTeacher):
+        if width < teacher_logits.width:
+            raise KdgridError(f"the cached teacher rows cover {teacher_logits.width} logits, the student has "
+                              f"{width}: take the cache batch at the student's width (TeacherCache.batch(width=...))")
         if rows.numel() and bool((teacher_logits.topk_ids.reshape(-1, teacher_logits.k)[rows, 0] < 0).any()):
             raise KdgridError("the mask selects a position the teacher cache has no row for "
                               "(cached example shorter than the training sequence)")
