@@ -1,0 +1,44 @@
+# kdgrid: two commands for a fresh machine.
+#   make demo   create .venv, install, run the embedded tiny grid through Snakemake, build the report
+#   make test   create .venv, install, run the test suite
+# Override PYTHON to pick an interpreter, TORCH to pick a torch build (e.g. TORCH="torch==2.13.0 --index-url ...").
+
+PYTHON ?= python3
+VENV   ?= .venv
+TORCH  ?= torch==2.13.0
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.kdgrid-installed
+CORES  ?= 2
+
+.PHONY: install demo test lint bench clean-demo
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --profile profiles/tiny --cores $(CORES)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --profile profiles/tiny --report results-tiny/report.html
+	@echo
+	@echo "Done. Results table: results-tiny/tables/results.csv"
+	@echo "      Hypotheses:    results-tiny/stats/hypotheses.csv, results-tiny/stats/summary.md"
+	@echo "      Figures:       results-tiny/plots/"
+	@echo "      Report:        results-tiny/report.html"
+
+test: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --lint --configfile config.yaml -n
+
+bench: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/run_all.py
+
+clean-demo:
+	rm -rf results-tiny resources-tiny .snakemake
