@@ -1,0 +1,78 @@
+"""`kdgrid teacher-outputs`: run a teacher once over a training set and cache its top-k outputs."""
+
+from __future__ import annotations
+
+from ..errors import KdgridError
+
+HELP = "Run a teacher once over a training set and cache its top-k logits per token (for off-policy KD)."
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--teacher", required=True, help="the teacher: a local Hugging Face folder or a hub id")
+    p.add_argument("--data", required=True, help="the training set (LLM-Adapters JSON) the students train on")
+    p.add_argument("--top-k", type=int, required=True, help="how many of the largest logits to keep per token")
+    p.add_argument("--temperatures", default="1", help="comma-separated temperatures the students use (default 1)")
+    p.add_argument("--out", required=True, help="the cache file to write (.pt)")
+    p.add_argument("--cutoff", type=int, default=256, help="tokens per example, as in training (default 256)")
+    p.add_argument("--batch-size", type=int, default=8, help="examples per teacher forward pass (default 8)")
+    p.add_argument("--token-scope", default="all", choices=["all", "response"],
+                   help="tokenisation as in training (the cache keeps every position either way)")
+    p.add_argument("--widths", default="auto",
+                   help="comma-separated logits widths of the students that will read the cache; 'auto': the "
+                        "teacher's width and every multiple of 128 from the tokenizer's length up to it")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="teacher weights' precision (auto: bf16 on a GPU that has it, fp32 on CPU)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (auto: cuda when available)")
+
+
+def _parse_list(text: str, kind, what: str) -> list:
+    try:
+        values = [kind(part) for part in text.split(",") if part.strip()]
+    except ValueError as e:
+        raise KdgridError(f"--{what} {text!r}: not a comma-separated list of numbers") from e
+    if not values:
+        raise KdgridError(f"--{what} is empty")
+    return values
+
+
+def run(args) -> int:
+    import os
+    import time
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    from ..teacher_cache import compute_teacher_outputs, default_widths
+    from ..training.data import load_tokenized, tokenizer_fingerprint
+    from ..training.model_io import load_causal_lm, load_tokenizer, resolve_precision, torch_dtype
+
+    temperatures = _parse_list(args.temperatures, float, "temperatures")
+    if args.top_k < 1:
+        raise KdgridError(f"--top-k must be at least 1, got {args.top_k}")
+    if args.batch_size < 1:
+        raise KdgridError(f"--batch-size must be at least 1, got {args.batch_size}")
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    precision = resolve_precision(args.precision)
+
+    tokenizer = load_tokenizer(args.teacher)
+    examples, _ = load_tokenized(args.data, tokenizer, args.cutoff, args.token_scope)
+    model = load_causal_lm(args.teacher, torch_dtype(precision), "teacher").to(device).eval()
+    vocab_width = model.get_output_embeddings().weight.shape[0]
+    if args.widths == "auto":
+        widths = default_widths(vocab_width, len(tokenizer))
+    else:
+        widths = _parse_list(args.widths, int, "widths")
+        if any(not 0 < w <= vocab_width for w in widths):
+            raise KdgridError(f"--widths {args.widths}: each must lie between 1 and the teacher's {vocab_width} logits")
+
+    started = time.perf_counter()
+    cache = compute_teacher_outputs(model, [e["input_ids"] for e in examples], args.top_k, temperatures,
+                                    args.batch_size, device, widths=widths, pad_token_id=tokenizer.pad_token_id)
+    cache.meta.update(
+        teacher=str(args.teacher), tokenizer_fingerprint=tokenizer_fingerprint(tokenizer), data=str(args.data),
+        cutoff=args.cutoff, token_scope=args.token_scope, precision=precision,
+    )
+    cache.save(args.out)
+    print(f"teacher-outputs: {len(cache)} examples, {cache.meta['n_tokens']} tokens, top-{args.top_k} at "
+          f"temperatures {temperatures}, widths {cache.widths}, in {time.perf_counter() - started:.1f} s -> {args.out}")
+    return 0
