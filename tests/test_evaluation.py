@@ -221,3 +221,17 @@ def test_parse_meta():
         "seed": 1, "model": "tiny-s", "temperature": 2.0, "teacher": None, "cell": "a/b=c"}
     with pytest.raises(KdgridError, match="expected key=value"):
         parse_meta(["seed"])
+
+
+def test_paper_sampling_is_seeded(tiny_model, tiny_eval, data, tmp_path):
+    def run(out, seed):
+        evaluate(str(tiny_model), data["math"], "math", out, tasks=["syn_arith"], limit=2, device="cpu",
+                 settings=GenerationSettings(max_new_tokens=8, sampling=True), seed=seed, batch_size=2)
+        return [r["generation"] for r in read_jsonl(out / "records.jsonl")]
+
+    first, again = run(tmp_path / "a", 7), run(tmp_path / "b", 7)
+    assert first == again
+    scores = read_json(tmp_path / "a" / "scores.json")
+    assert scores["settings"]["sampling"] is True and scores["settings"]["top_k"] == 0
+    greedy = [r["generation"] for r in read_jsonl(tiny_eval / "records.jsonl") if r["task"] == "syn_arith"][:2]
+    assert [g[:8] for g in first] != [g[:8] for g in greedy]

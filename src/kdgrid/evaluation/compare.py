@@ -11,6 +11,7 @@ Per task:
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ..answers import same_answer
@@ -69,6 +70,7 @@ def load_embedding_model(name: str | None, device: str | None = None):
     """
     if name is None or name.lower() == "none":
         return None
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError:
