@@ -138,23 +138,23 @@ def fig2_improvement_vs_size(table, cells):
     data = cells[(cells["task"] == AVERAGE) & cells["improvement"].notna()]
     if data.empty:
         raise NoData("KD improvement (no KD cell with an SFT baseline)")
-    data = data.assign(method_name=data["method"].map(method_label))
+    data = data.assign(**{"KD method": data["method"].map(method_label)})
     palette = method_palette(ordered_methods(data["method"]))
     families = _families(data)
     fig, axes = plt.subplots(1, len(families), figsize=(4.8 * len(families) + 2.2, 4.2), squeeze=False, layout="constrained")
     for ax, family in zip(axes[0], families):
         part = data[data["family"] == family]
-        sns.lineplot(part, x="student_size_b", y="improvement", hue="method_name", palette=palette,
-                     hue_order=[h for h in palette if h in set(part["method_name"])], estimator="mean", errorbar=None,
+        sns.lineplot(part, x="student_size_b", y="improvement", hue="KD method", palette=palette,
+                     hue_order=[h for h in palette if h in set(part["KD method"])], estimator="mean", errorbar=None,
                      marker="o", ax=ax)
-        sns.scatterplot(part, x="student_size_b", y="improvement", hue="method_name", palette=palette, alpha=0.45,
+        sns.scatterplot(part, x="student_size_b", y="improvement", hue="KD method", palette=palette, alpha=0.45,
                         legend=False, ax=ax)
         ax.axhline(0, color="black", linewidth=0.8)
         _size_ticks(ax, part["student_size_b"])
         ax.set_title(family)
         ax.set_xlabel("student size (B parameters)")
         ax.set_ylabel(IMPROVEMENT)
-    _shared_legend(fig, axes, "method")
+    _shared_legend(fig, axes, "KD method")
     return fig
 
 
@@ -165,7 +165,7 @@ def fig3_temperature(table, cells):
     if kd.empty:
         raise NoData("a temperature sweep (no pair trained at two or more temperatures)")
     kd = kd.sort_values(["family", "student_size_b", "teacher_size_b", "temperature"])
-    kd = kd.assign(method_name=kd["method"].map(method_label))
+    kd = kd.assign(**{"KD method": kd["method"].map(method_label)})
     sft = sft_accuracy(_average(table))
     pairs = list(dict.fromkeys(zip(kd["family"], kd["teacher"], kd["student"])))
     palette = method_palette(ordered_methods(kd["method"]))
@@ -174,8 +174,8 @@ def fig3_temperature(table, cells):
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols + 2.2, 3.0 * nrows + 0.4), squeeze=False, layout="constrained")
     for ax, (family, teacher, student) in zip(axes.flat, pairs):
         part = kd[(kd["family"] == family) & (kd["teacher"] == teacher) & (kd["student"] == student)]
-        sns.lineplot(part, x="temperature", y="accuracy", hue="method_name", palette=palette, marker="o",
-                     hue_order=[h for h in palette if h in set(part["method_name"])], ax=ax)
+        sns.lineplot(part, x="temperature", y="accuracy", hue="KD method", palette=palette, marker="o",
+                     hue_order=[h for h in palette if h in set(part["KD method"])], ax=ax)
         baseline = sft[(sft["family"] == family) & (sft["model"] == student)]["accuracy"]
         if len(baseline):
             ax.axhline(baseline.iloc[0], color=METHOD_COLORS["sft"], linestyle="--", linewidth=1, label=method_label("sft"))
@@ -186,7 +186,7 @@ def fig3_temperature(table, cells):
         ax.set_ylabel(ACCURACY)
     for ax in axes.flat[len(pairs):]:
         ax.set_visible(False)
-    _shared_legend(fig, axes, "method")
+    _shared_legend(fig, axes, "KD method")
     return fig
 
 
@@ -202,7 +202,7 @@ def fig4_teacher(table, cells):
         raise NoData("KD improvement (no KD cell with an SFT baseline)")
     order = ordered_methods(data["method"])
     palette = method_palette(order)
-    data = data.assign(method_name=data["method"].map(method_label))
+    data = data.assign(**{"KD method": data["method"].map(method_label)})
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.3), squeeze=False, layout="constrained")
     panels = [("teacher_sft_accuracy", "teacher's Average SFT accuracy (%)", False),
               ("teacher_size_b", "teacher size (B parameters)", True)]
@@ -212,8 +212,8 @@ def fig4_teacher(table, cells):
             _note(ax, f"no data for {label}")
         else:
             x = _dodged(part[column], part["method"], order, 1.04) if log else part[column]
-            sns.scatterplot(part.assign(x=x), x="x", y="improvement", hue="method_name", style="family", palette=palette,
-                            hue_order=[h for h in palette if h in set(part["method_name"])], s=55, ax=ax)
+            sns.scatterplot(part.assign(x=x), x="x", y="improvement", hue="KD method", style="family", palette=palette,
+                            hue_order=[h for h in palette if h in set(part["KD method"])], s=55, ax=ax)
             if log:
                 _size_ticks(ax, part[column])
         ax.axhline(0, color="black", linewidth=0.8)
@@ -244,15 +244,15 @@ def fig5_agreement_fidelity(table, cells):
     fig, axes = plt.subplots(len(families), 3, figsize=(15, 4.0 * len(families) + 0.3), squeeze=False, layout="constrained")
     for row, family in zip(axes, families):
         tasks = per_task[per_task["family"] == family]
-        tasks = tasks.assign(method_name=tasks["method"].map(method_label))
+        tasks = tasks.assign(**{"KD method": tasks["method"].map(method_label)})
         for ax, column, label, what in ((row[0], "agreement", "agreement with the teacher (%)", "agreement"),
                                         (row[1], "bleu", "fidelity: BLEU with the teacher's rationale", "fidelity (BLEU)")):
             part = tasks[tasks[column].notna()]
             if part.empty:
                 _note(ax, f"no data for {what} in {family}")
             else:
-                sns.scatterplot(part, x=column, y="improvement", hue="method_name", palette=palette, alpha=0.7,
-                                hue_order=[h for h in palette if h in set(part["method_name"])], ax=ax)
+                sns.scatterplot(part, x=column, y="improvement", hue="KD method", palette=palette, alpha=0.7,
+                                hue_order=[h for h in palette if h in set(part["KD method"])], ax=ax)
                 _spearman_note(ax, part[column], part["improvement"])
                 ax.axhline(0, color="black", linewidth=0.8)
             ax.set_xlabel(label)
@@ -263,16 +263,16 @@ def fig5_agreement_fidelity(table, cells):
         if pairs.empty:
             _note(ax, f"no data for SFT and KD agreement in {family}")
         else:
-            pairs = pairs.assign(method_name=pairs["method"].map(method_label))
-            sns.scatterplot(pairs, x="sft_agreement", y="agreement", hue="method_name", palette=palette, s=55,
-                            hue_order=[h for h in palette if h in set(pairs["method_name"])], ax=ax)
+            pairs = pairs.assign(**{"KD method": pairs["method"].map(method_label)})
+            sns.scatterplot(pairs, x="sft_agreement", y="agreement", hue="KD method", palette=palette, s=55,
+                            hue_order=[h for h in palette if h in set(pairs["KD method"])], ax=ax)
             low = float(np.nanmin(pairs[["sft_agreement", "agreement"]].to_numpy())) - 2
             high = float(np.nanmax(pairs[["sft_agreement", "agreement"]].to_numpy())) + 2
             ax.plot([low, high], [low, high], color="black", linewidth=0.8, linestyle="--", label="KD = SFT")
         ax.set_xlabel("SFT student's agreement with the teacher (%)")
         ax.set_ylabel("KD student's agreement (%)")
         ax.set_title(f"{family}: agreement, SFT vs KD ({AVERAGE})")
-    _shared_legend(fig, axes, "method")
+    _shared_legend(fig, axes, "KD method")
     return fig
 
 

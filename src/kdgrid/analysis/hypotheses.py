@@ -11,6 +11,7 @@ be computed still gets a row: empty statistic and a `reason`.
 from __future__ import annotations
 
 import math
+import warnings
 
 from .improvement import CORE_COLUMNS, kd_cells, ordered_methods, ordered_tasks, pair_label
 from .table import AVERAGE
@@ -133,12 +134,15 @@ def _spearman(cells, column: str, what: str) -> dict:
 
 
 def _test(hypothesis, cells) -> dict:
-    if hypothesis == "H1_ttest":
-        return _ttest(cells)
-    if hypothesis == "H1_anova":
-        return _anova(cells)
-    column, what, _ = PREDICTORS[hypothesis]
-    return _spearman(cells, column, what)
+    with warnings.catch_warnings():
+        # pingouin's own noise (pandas deprecations, "sample too small to estimate power")
+        warnings.simplefilter("ignore")
+        if hypothesis == "H1_ttest":
+            return _ttest(cells)
+        if hypothesis == "H1_anova":
+            return _anova(cells)
+        column, what, _ = PREDICTORS[hypothesis]
+        return _spearman(cells, column, what)
 
 
 def _holm(results):
