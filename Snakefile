@@ -1,0 +1,51 @@
+# kdgrid: the knowledge-distillation grid of "On the Generalization vs Fidelity Paradox in Knowledge
+# Distillation" as a Snakemake workflow. The grid is expanded by `kdgrid.grid` (workflow/rules/common.smk);
+# each rule file under workflow/rules/ holds one stage and calls one `kdgrid` command.
+#
+#   snakemake -n                                   preview the paper grid (config.yaml)
+#   snakemake --profile profiles/slurm             run it on a SLURM cluster
+#   snakemake --profile profiles/tiny              the embedded tiny grid on CPU (config/tiny.yaml)
+#   snakemake --report results/report.html         the report, once a run has finished
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+# A config given on the command line (--configfile, as profiles/tiny does) replaces config.yaml
+# instead of being merged into it: two grids mixed would make a third one nobody asked for.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/models.smk"
+include: "workflow/rules/sft.smk"
+include: "workflow/rules/teacher.smk"
+include: "workflow/rules/distill.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/compare.smk"
+include: "workflow/rules/analysis.smk"
+
+
+report: "workflow/report/workflow.rst"
+
+
+localrules:
+    all,
+    prepare_data,
+    materialise_model,
+    aggregate,
+    stats,
+    plots,
+
+
+rule all:
+    input:
+        GRID.final_targets(),
+    default_target: True

@@ -1,0 +1,740 @@
+"""The experiment grid: a config dict in, every job of the study out.
+
+The Snakemake workflow imports this module at parse time and asks it everything: which distillation
+cells exist (expanded from the config's blocks and deduplicated), which SFT runs, evaluations,
+comparisons and teacher caches they need, where each lives under the results folder, the exact
+`kdgrid` command-line flags of each job and its compute resources. Nothing heavy is imported here.
+
+Seeds: every student (SFT baseline and KD cell) repeats per seed in `seeds`; a teacher is fine-tuned
+once, with `teacher_seed` (default: the first seed), so all student seeds distil from the same
+teacher. A model that is both a teacher and a student gets one SFT run per distinct seed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from .analysis.captions import FIGURES
+from .errors import KdgridError, unknown
+from .tasks import tasks_of
+
+METHODS = ("fkl", "rkl", "gkd", "skew_kl", "tvd", "seqkd")
+OFF_POLICY_METHODS = ("fkl", "rkl", "skew_kl", "tvd")  # plus gkd with lmbda = 0
+TEACHER_KINDS = ("sft", "base")
+SOURCES = ("synthetic", "llm-adapters")
+FAMILIES = ("math", "commonsense")
+
+# The figures `kdgrid plots` writes (<name>.png, <name>.pdf and captions/<name>.rst), from the one
+# list the plots command draws.
+PLOT_NAMES = FIGURES
+
+# Where each kind of job writes, relative to the results folder (docs/architecture.md).
+KD_DIR = "{family}/{teacher}__{student}/{method}/t{temperature}/{ablation}/seed{seed}"
+SFT_DIR = "{family}/sft/{model}/seed{seed}"
+BASE_DIR = "{family}/base/{model}"
+TEACHER_OUTPUTS_FILE = "{family}/teacher_outputs/{teacher}/{teacher_kind}/topk{top_k}.pt"
+TEACHER_RESPONSES_FILE = "{family}/teacher_responses/{teacher}/{teacher_kind}/train.json"
+SFT_COMPARE = "{sft_dir}/compare/{teacher}/{teacher_kind}-teacher"  # + ".json"
+KD_COMPARE = "{kd_dir}/compare"  # + ".json"
+TABLE_CSV = "tables/results.csv"
+TABLE_PARQUET = "tables/results.parquet"
+STATS_CSV = "stats/hypotheses.csv"
+STATS_MD = "stats/summary.md"
+PLOTS_DIR = "plots"
+
+MODEL_NAME_REGEX = r"[A-Za-z0-9.\-]+(?:_[A-Za-z0-9.\-]+)*"  # no "__": it separates teacher and student
+
+DEFAULT_TRAINING = {
+    "finetune": "lora",
+    "lora_r": 8,
+    "lora_alpha": 16,
+    "lora_dropout": 0.05,
+    "lora_targets": ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"],
+    "lr": 3e-4,
+    "micro_batch_size": 4,
+    "grad_accum": 4,
+    "warmup_steps": 100,
+    "cutoff": 256,
+    "epochs": 3,
+    "max_steps": -1,
+    "token_scope": "all",
+    "precision": "auto",
+    "save_steps": 200,
+}
+DEFAULT_KD = {
+    "beta": 0.5,
+    "lmbda": 0.5,
+    "skew": 0.1,
+    "kd_weight": 1.0,
+    "gkd_max_new_tokens": 128,
+    "seqkd_max_new_tokens": 256,
+}
+# The KD settings each method reads; a cell's command gets only these, so that changing, say, `skew`
+# re-runs the skew_kl cells and nothing else.
+KD_KEYS_OF_METHOD = {
+    "fkl": ("kd_weight",),
+    "rkl": ("kd_weight",),
+    "tvd": ("kd_weight",),
+    "skew_kl": ("skew", "kd_weight"),
+    "gkd": ("beta", "lmbda", "gkd_max_new_tokens", "kd_weight"),
+    "seqkd": (),
+}
+DEFAULT_EVALUATION = {"max_new_tokens": 256, "batch_size": 16, "sampling": False, "seed": 1234, "limit": None}
+DEFAULT_COMPARE = {"embedding_model": "none"}
+DEFAULT_TEACHER_CACHE = {"enabled": True, "top_k": 64}
+FAMILY_KEYS = ("tasks", "data", "training", "approx_train_examples", "approx_test_examples")
+DEFAULT_DATA = {"source": "llm-adapters", "local": None, "seed": 0, "n_train": None, "n_test": None, "limit_test": None}
+
+
+def fmt_number(x: float) -> str:
+    """1.0 -> "1", 0.5 -> "0.5": how temperatures and noise levels appear in paths and flags."""
+    return format(float(x), "g")
+
+
+def ablation_name(teacher_kind: str, noise_sigma: float) -> str:
+    if teacher_kind == "base":
+        return "base-teacher"
+    return f"noise{fmt_number(noise_sigma)}" if noise_sigma > 0 else "sft-teacher"
+
+
+# ---------------------------------------------------------------------------------------------
+# What the config describes
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    size_b: float
+    hub_id: str | None = None
+    path: str | None = None  # a local mirror of the hub model (air-gapped clusters)
+    tiny: bool = False
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    name: str
+    tasks: tuple[str, ...]
+    data: dict
+    training: dict
+    approx_train_examples: int
+    approx_test_examples: int
+
+    def examples_seen(self) -> int:
+        """Training examples one run goes through (epochs x train set, or max_steps x batch)."""
+        t = self.training
+        seen = int(round(self.approx_train_examples * t["epochs"]))
+        if t["max_steps"] > 0:
+            seen = min(seen, t["max_steps"] * t["micro_batch_size"] * t["grad_accum"])
+        return seen
+
+
+# ---------------------------------------------------------------------------------------------
+# The jobs
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One distilled student: a teacher, a student, a method, a temperature, a teacher signal, a seed."""
+
+    family: str
+    teacher: str
+    student: str
+    method: str
+    temperature: float
+    noise_sigma: float
+    teacher_kind: str
+    seed: int
+
+    @property
+    def ablation(self) -> str:
+        return ablation_name(self.teacher_kind, self.noise_sigma)
+
+    @property
+    def id(self) -> str:
+        return KD_DIR.format(family=self.family, teacher=self.teacher, student=self.student, method=self.method,
+                             temperature=fmt_number(self.temperature), ablation=self.ablation, seed=self.seed)
+
+
+@dataclass(frozen=True)
+class SftRun:
+    family: str
+    model: str
+    seed: int
+
+    @property
+    def id(self) -> str:
+        return SFT_DIR.format(family=self.family, model=self.model, seed=self.seed)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One `kdgrid evaluate` job: `ckpt` is the checkpoint's cell id; results go to `<ckpt>/eval/`."""
+
+    ckpt: str
+    family: str
+    role: str  # base | sft | kd
+    model: str
+    meta: tuple[tuple[str, object], ...]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One `kdgrid compare` job: a student's evaluation against its teacher's; writes `<id>.json`."""
+
+    id: str
+    student_ckpt: str
+    teacher_ckpt: str
+    meta: tuple[tuple[str, object], ...]
+
+
+@dataclass(frozen=True)
+class TeacherOutputs:
+    family: str
+    teacher: str
+    teacher_kind: str
+    top_k: int
+    temperatures: tuple[float, ...]
+
+    @property
+    def path(self) -> str:
+        return TEACHER_OUTPUTS_FILE.format(family=self.family, teacher=self.teacher,
+                                           teacher_kind=self.teacher_kind, top_k=self.top_k)
+
+
+@dataclass(frozen=True)
+class TeacherResponses:
+    family: str
+    teacher: str
+    teacher_kind: str
+
+    @property
+    def path(self) -> str:
+        return TEACHER_RESPONSES_FILE.format(family=self.family, teacher=self.teacher,
+                                             teacher_kind=self.teacher_kind)
+
+
+def _meta_args(meta) -> list[str]:
+    return [f"{key}={value}" for key, value in meta]
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the config
+
+
+def _section(config: dict, key: str, defaults: dict, where: str = "") -> dict:
+    given = config.get(key) or {}
+    if not isinstance(given, dict):
+        raise KdgridError(f"config key {where}{key!r}: expected a mapping, got {given!r}")
+    for name in given:
+        if name not in defaults:
+            raise unknown(f"setting in {where}{key}", name, defaults)
+    return {**defaults, **given}
+
+
+def _models(config: dict) -> dict[str, ModelSpec]:
+    models = {}
+    for name, spec in (config.get("models") or {}).items():
+        if not re.fullmatch(MODEL_NAME_REGEX, str(name)):
+            raise KdgridError(f"config key models.{name}: a model name may hold letters, digits, '.', '-' and "
+                              "single '_' ('__' separates teacher and student in result paths)")
+        spec = spec or {}
+        if "size_b" not in spec:
+            raise KdgridError(f"config key models.{name}.size_b is missing (the size in billions of parameters)")
+        tiny = bool(spec.get("tiny", False))
+        if not tiny and not (spec.get("hub_id") or spec.get("path")):
+            raise KdgridError(f"config key models.{name}: give a hub_id (or a local path), or tiny: true")
+        models[name] = ModelSpec(name, float(spec["size_b"]), spec.get("hub_id"), spec.get("path"), tiny)
+    if not models:
+        raise KdgridError("config key 'models' is empty: list the teachers and students with their sizes")
+    return models
+
+
+def _families(config: dict) -> dict[str, FamilySpec]:
+    families = {}
+    for name, spec in (config.get("families") or {}).items():
+        if name not in FAMILIES:
+            raise unknown("family", name, FAMILIES)
+        spec = spec or {}
+        where = f"families.{name}."
+        for key in spec:
+            if key not in FAMILY_KEYS:
+                raise unknown(f"key in families.{name}", key, FAMILY_KEYS)
+        data = _section(spec, "data", DEFAULT_DATA, where)
+        if data["source"] not in SOURCES:
+            raise KdgridError(f"config key {where}data.source: {data['source']!r} is not one of {', '.join(SOURCES)}")
+        training = _section(spec, "training", DEFAULT_TRAINING, where)
+        tasks = tuple(_as_list(spec.get("tasks"), f"{where}tasks"))
+        if not tasks:
+            raise KdgridError(f"config key {where}tasks is empty: list the family's test tasks")
+        family_tasks = [t.name for t in tasks_of(name)]
+        for task in tasks:
+            if task not in family_tasks:
+                raise unknown(f"task in {where}tasks", task, family_tasks)
+        approx_train = data["n_train"] or spec.get("approx_train_examples")
+        if not approx_train:
+            raise KdgridError(f"config key {where}approx_train_examples is missing: give data.n_train or the "
+                              "approximate size of the training set (used for runtimes and teacher costs)")
+        if data["n_test"]:
+            approx_test = len(tasks) * data["n_test"]
+        else:
+            approx_test = spec.get("approx_test_examples") or 1000 * len(tasks)
+        if data["limit_test"]:
+            approx_test = min(approx_test, len(tasks) * data["limit_test"])
+        families[name] = FamilySpec(name, tasks, data, training, int(approx_train), int(approx_test))
+    if not families:
+        raise KdgridError("config key 'families' is empty")
+    return families
+
+
+def _as_list(value, key: str) -> list:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    raise KdgridError(f"config key {key}: expected a list, got {value!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The grid
+
+
+@dataclass
+class Grid:
+    outdir: str
+    models: dict[str, ModelSpec]
+    families: dict[str, FamilySpec]
+    pairs: dict[str, list[str]]
+    seeds: list[int]
+    teacher_seed: int
+    kd: dict
+    evaluation: dict
+    compare: dict
+    teacher_cache: dict
+    resources: dict
+    cells: list[Cell] = field(default_factory=list)
+    block_cells: dict[str, list[Cell]] = field(default_factory=dict)
+
+    # -- paths ---------------------------------------------------------------------------------
+    def out(self, *parts: str) -> str:
+        return os.path.join(self.outdir, *parts)
+
+    @staticmethod
+    def data_dir(family: str) -> str:
+        return f"resources/data/{family}"
+
+    @staticmethod
+    def tiny_model_dir(model: str) -> str:
+        return f"resources/models/{model}"
+
+    def model_ref(self, name: str) -> str:
+        """What `--model`/`--teacher` get for a model's base weights: a folder or a hub id."""
+        spec = self.models[name]
+        if spec.tiny:
+            return self.tiny_model_dir(name)
+        return spec.path or spec.hub_id
+
+    def model_files(self, name: str) -> list[str]:
+        """The workflow files a model's base weights come from (a materialised tiny model), if any."""
+        return [self.tiny_model_dir(name)] if self.models[name].tiny else []
+
+    def teacher_ckpt(self, family: str, teacher: str, teacher_kind: str) -> str:
+        """The cell id of the checkpoint a teacher signal comes from (its evaluation is `<id>/eval/`)."""
+        if teacher_kind == "base":
+            return BASE_DIR.format(family=family, model=teacher)
+        return SftRun(family, teacher, self.teacher_seed).id
+
+    def teacher_ref(self, family: str, teacher: str, teacher_kind: str) -> str:
+        """What `--teacher` gets: the teacher's SFT checkpoint, or the base model itself."""
+        if teacher_kind == "base":
+            return self.model_ref(teacher)
+        return self.out(self.teacher_ckpt(family, teacher, teacher_kind), "model")
+
+    def teacher_files(self, family: str, teacher: str, teacher_kind: str) -> list[str]:
+        if teacher_kind == "base":
+            return self.model_files(teacher)
+        return [self.teacher_ref(family, teacher, teacher_kind)]
+
+    # -- the jobs ------------------------------------------------------------------------------
+    def uses_cache(self, cell: Cell) -> bool:
+        if not self.teacher_cache["enabled"] or cell.noise_sigma > 0:
+            return False
+        return cell.method in OFF_POLICY_METHODS or (cell.method == "gkd" and self.kd["lmbda"] == 0)
+
+    @cached_property
+    def cells_by_id(self) -> dict[str, Cell]:
+        return {c.id: c for c in self.cells}
+
+    @cached_property
+    def sft_runs(self) -> list[SftRun]:
+        runs = {}
+        for c in self.cells:
+            runs.setdefault(SftRun(c.family, c.student, c.seed), None)
+            if c.teacher_kind == "sft":
+                runs.setdefault(SftRun(c.family, c.teacher, self.teacher_seed), None)
+        return list(runs)
+
+    @cached_property
+    def sft_runs_by_id(self) -> dict[str, SftRun]:
+        return {r.id: r for r in self.sft_runs}
+
+    @cached_property
+    def models_of_family(self) -> dict[str, list[str]]:
+        used: dict[str, dict[str, None]] = {}
+        for c in self.cells:
+            used.setdefault(c.family, {}).update({c.teacher: None, c.student: None})
+        return {f: list(m) for f, m in used.items()}
+
+    @cached_property
+    def evaluations(self) -> list[Evaluation]:
+        evals = []
+        for family, models in self.models_of_family.items():
+            for model in models:
+                ckpt = BASE_DIR.format(family=family, model=model)
+                evals.append(Evaluation(ckpt, family, "base", model, (("cell", ckpt), ("family", family),
+                                                                      ("role", "base"), ("model", model))))
+        for run in self.sft_runs:
+            evals.append(Evaluation(run.id, run.family, "sft", run.model, (
+                ("cell", run.id), ("family", run.family), ("role", "sft"), ("model", run.model), ("seed", run.seed))))
+        for c in self.cells:
+            evals.append(Evaluation(c.id, c.family, "kd", c.student, self.kd_meta(c)))
+        return evals
+
+    @cached_property
+    def evaluations_by_ckpt(self) -> dict[str, Evaluation]:
+        return {e.ckpt: e for e in self.evaluations}
+
+    def kd_meta(self, c: Cell) -> tuple:
+        return (("cell", c.id), ("family", c.family), ("role", "kd"), ("model", c.student), ("teacher", c.teacher),
+                ("student", c.student), ("method", c.method), ("temperature", fmt_number(c.temperature)),
+                ("noise_sigma", fmt_number(c.noise_sigma)), ("teacher_kind", c.teacher_kind), ("seed", c.seed))
+
+    @cached_property
+    def comparisons(self) -> list[Comparison]:
+        """Every KD student against its teacher, and every SFT student against each teacher (checkpoint)
+        it has a KD cell with."""
+        comparisons = {}
+        for c in self.cells:
+            teacher_ckpt = self.teacher_ckpt(c.family, c.teacher, c.teacher_kind)
+            comparisons[KD_COMPARE.format(kd_dir=c.id)] = Comparison(
+                KD_COMPARE.format(kd_dir=c.id), c.id, teacher_ckpt, self.kd_meta(c))
+            sft = SftRun(c.family, c.student, c.seed)
+            sft_id = SFT_COMPARE.format(sft_dir=sft.id, teacher=c.teacher, teacher_kind=c.teacher_kind)
+            if sft_id not in comparisons:
+                comparisons[sft_id] = Comparison(sft_id, sft.id, teacher_ckpt, (
+                    ("cell", sft.id), ("family", c.family), ("role", "sft"), ("model", c.student),
+                    ("teacher", c.teacher), ("student", c.student), ("teacher_kind", c.teacher_kind),
+                    ("seed", c.seed)))
+        return list(comparisons.values())
+
+    @cached_property
+    def comparisons_by_id(self) -> dict[str, Comparison]:
+        return {c.id: c for c in self.comparisons}
+
+    @cached_property
+    def teacher_outputs(self) -> list[TeacherOutputs]:
+        temperatures: dict[tuple[str, str, str], set[float]] = {}
+        for c in self.cells:
+            if self.uses_cache(c):
+                temperatures.setdefault((c.family, c.teacher, c.teacher_kind), set()).add(c.temperature)
+        return [TeacherOutputs(f, t, k, int(self.teacher_cache["top_k"]), tuple(sorted(temps)))
+                for (f, t, k), temps in temperatures.items()]
+
+    @cached_property
+    def teacher_outputs_by_path(self) -> dict[str, TeacherOutputs]:
+        return {t.path: t for t in self.teacher_outputs}
+
+    def teacher_outputs_of(self, cell: Cell) -> TeacherOutputs | None:
+        if not self.uses_cache(cell):
+            return None
+        top_k = int(self.teacher_cache["top_k"])
+        path = TEACHER_OUTPUTS_FILE.format(family=cell.family, teacher=cell.teacher,
+                                           teacher_kind=cell.teacher_kind, top_k=top_k)
+        return self.teacher_outputs_by_path[path]
+
+    @cached_property
+    def teacher_responses(self) -> list[TeacherResponses]:
+        return list({TeacherResponses(c.family, c.teacher, c.teacher_kind): None
+                     for c in self.cells if c.method == "seqkd"})
+
+    @cached_property
+    def teacher_responses_by_path(self) -> dict[str, TeacherResponses]:
+        return {t.path: t for t in self.teacher_responses}
+
+    @cached_property
+    def tiny_models(self) -> list[str]:
+        used = {m: None for models in self.models_of_family.values() for m in models}
+        return [m for m in used if self.models[m].tiny]
+
+    # -- command-line flags (what each rule's `params:` carries) ---------------------------------
+    def training_args(self, family: str) -> list[str]:
+        """The family's training hyper-parameters as `kdgrid train` flags."""
+        args = []
+        for key, value in self.families[family].training.items():
+            if value is None:
+                continue
+            if isinstance(value, (list, tuple)):
+                value = ",".join(map(str, value))
+            args += [f"--{key.replace('_', '-')}", str(value)]
+        return args
+
+    def distill_args(self, cell: Cell) -> list[str]:
+        """Flags of a KD cell beyond the family's hyper-parameters: its method and teacher signal."""
+        args = ["--method", cell.method, "--seed", str(cell.seed)]
+        if cell.method != "seqkd":
+            args += ["--teacher", self.teacher_ref(cell.family, cell.teacher, cell.teacher_kind), "--temperature", fmt_number(cell.temperature)]
+            if cell.noise_sigma > 0:
+                args += ["--noise-sigma", fmt_number(cell.noise_sigma)]
+            cache = self.teacher_outputs_of(cell)
+            if cache is not None:
+                args += ["--teacher-cache", self.out(cache.path)]
+        for key in KD_KEYS_OF_METHOD[cell.method]:
+            args += [f"--{key.replace('_', '-')}", str(self.kd[key])]
+        return args
+
+    def distill_data(self, cell: Cell) -> str:
+        if cell.method == "seqkd":
+            return self.out(TeacherResponses(cell.family, cell.teacher, cell.teacher_kind).path)
+        return os.path.join(self.data_dir(cell.family), "train.json")
+
+    def evaluation_args(self) -> list[str]:
+        e = self.evaluation
+        args = ["--max-new-tokens", str(e["max_new_tokens"]), "--batch-size", str(e["batch_size"]),
+                "--seed", str(e["seed"])]
+        if e["sampling"]:
+            args.append("--sampling")
+        if e["limit"]:
+            args += ["--limit", str(e["limit"])]
+        return args
+
+    def data_args(self, family: str) -> list[str]:
+        spec = self.families[family]
+        d = spec.data
+        args = ["--source", d["source"], "--seed", str(d["seed"]), "--tasks", ",".join(spec.tasks)]
+        for key in ("local", "n_train", "n_test", "limit_test"):
+            if d[key] is not None:
+                args += [f"--{key.replace('_', '-')}", str(d[key])]
+        return args
+
+    def sizes(self) -> list[str]:
+        used = {m for models in self.models_of_family.values() for m in models}
+        return [f"{name}={fmt_number(self.models[name].size_b)}" for name in self.models if name in used]
+
+    # -- resources -----------------------------------------------------------------------------
+    def resources_sft(self, run: SftRun):
+        from .resources_plan import plan_training
+
+        fam = self.families[run.family]
+        return plan_training(self.resources, fam.training, self.models[run.model].size_b, 0.0,
+                             fam.examples_seen())
+
+    def resources_distill(self, cell: Cell):
+        from .resources_plan import plan_training
+
+        fam = self.families[cell.family]
+        online_teacher = cell.method != "seqkd" and not self.uses_cache(cell)
+        teacher_b = self.models[cell.teacher].size_b if online_teacher else 0.0
+        generation = self.kd["gkd_max_new_tokens"] * self.kd["lmbda"] if cell.method == "gkd" else 0
+        return plan_training(self.resources, fam.training, self.models[cell.student].size_b, teacher_b,
+                             fam.examples_seen(), generated_tokens=generation)
+
+    def resources_inference(self, model: str, family: str, kind: str):
+        """kind: evaluate (generate answers to the test sets), teacher_outputs (one forward pass over the
+        training set) or teacher_responses (generate answers to the training set)."""
+        from .resources_plan import plan_inference
+
+        fam = self.families[family]
+        if kind == "evaluate":
+            examples, new_tokens = fam.approx_test_examples, self.evaluation["max_new_tokens"]
+            if self.evaluation["limit"]:
+                examples = min(examples, len(fam.tasks) * self.evaluation["limit"])
+        elif kind == "teacher_outputs":
+            examples, new_tokens = fam.approx_train_examples, 0
+        else:
+            examples, new_tokens = fam.approx_train_examples, self.kd["seqkd_max_new_tokens"]
+        return plan_inference(self.resources, self.models[model].size_b, examples, fam.training["cutoff"],
+                              new_tokens, self.evaluation["batch_size"])
+
+    # -- summaries -----------------------------------------------------------------------------
+    def job_counts(self) -> dict[str, int]:
+        """How many jobs each rule runs (before Snakemake skips the finished ones)."""
+        return {
+            "prepare_data": len(self.models_of_family),
+            "materialise_model": len(self.tiny_models),
+            "sft": len(self.sft_runs),
+            "teacher_outputs": len(self.teacher_outputs),
+            "teacher_responses": len(self.teacher_responses),
+            "distill": len(self.cells),
+            "evaluate": len(self.evaluations),
+            "compare": len(self.comparisons),
+            "aggregate": 1,
+            "stats": 1,
+            "plots": 1,
+        }
+
+    def teacher_cost(self) -> dict:
+        """Teacher forward passes over training examples, for the whole grid, with and without the cache.
+
+        Without the cache every distillation cell that reads teacher logits runs the teacher over each
+        training example it sees (epochs x train set); with it, cells that can use the cache read it,
+        and each cache costs one pass over the family's training set. SeqKD's teacher generations are
+        counted apart (one generation pass per teacher, either way).
+        """
+        without = with_cache = 0
+        for c in self.cells:
+            if c.method == "seqkd":
+                continue
+            seen = self.families[c.family].examples_seen()
+            without += seen
+            if not self.uses_cache(c):
+                with_cache += seen
+        cache_passes = sum(self.families[t.family].approx_train_examples for t in self.teacher_outputs)
+        with_cache += cache_passes
+        generation = sum(self.families[t.family].approx_train_examples for t in self.teacher_responses)
+        return {"without_cache": without, "with_cache": with_cache, "cache_passes": cache_passes,
+                "cached_cells": sum(self.uses_cache(c) for c in self.cells),
+                "online_teacher_cells": sum(c.method != "seqkd" and not self.uses_cache(c) for c in self.cells),
+                "seqkd_generation": generation}
+
+    # -- everything `rule all` asks for --------------------------------------------------------
+    def final_targets(self) -> list[str]:
+        targets = [self.out(e.ckpt, "eval", "scores.json") for e in self.evaluations]
+        targets += [self.out(c.id + ".json") for c in self.comparisons]
+        targets += [self.out(p) for p in (TABLE_CSV, TABLE_PARQUET, STATS_CSV, STATS_MD)]
+        targets += [self.out(PLOTS_DIR, f"{name}.{ext}") for name in PLOT_NAMES for ext in ("png", "pdf")]
+        targets += [self.out(PLOTS_DIR, "captions", f"{name}.rst") for name in PLOT_NAMES]
+        return targets
+
+
+def _expand_block(i: int, block: dict, grid: Grid) -> tuple[str, list[Cell]]:
+    name = block.get("name") or f"block{i + 1}"
+    where = f"blocks[{i}] ({name})"
+    known_keys = {"name", "families", "teachers", "students", "methods", "temperatures", "teacher_kind",
+                  "noise_sigmas"}
+    for key in block:
+        if key not in known_keys:
+            raise unknown(f"key in {where}", key, known_keys)
+    families = _as_list(block.get("families"), f"{where}.families") or list(grid.families)
+    for f in families:
+        if f not in grid.families:
+            raise unknown(f"family in {where}.families", f, grid.families)
+    teachers = _as_list(block.get("teachers"), f"{where}.teachers") or list(grid.pairs)
+    students = _as_list(block.get("students"), f"{where}.students")
+    for t in teachers:
+        if t not in grid.pairs:
+            raise unknown(f"teacher in {where}.teachers (teachers come from 'pairs')", t, grid.pairs)
+    for s in students:
+        if s not in grid.models:
+            raise unknown(f"model in {where}.students", s, grid.models)
+    methods = _as_list(block.get("methods"), f"{where}.methods")
+    if not methods:
+        raise KdgridError(f"config key {where}.methods is empty (known methods: {', '.join(METHODS)})")
+    for m in methods:
+        if m not in METHODS:
+            raise unknown(f"method in {where}.methods", m, METHODS)
+    temperatures = [float(t) for t in _as_list(block.get("temperatures"), f"{where}.temperatures") or [1.0]]
+    noise_sigmas = [float(s) for s in _as_list(block.get("noise_sigmas"), f"{where}.noise_sigmas") or [0.0]]
+    teacher_kind = block.get("teacher_kind", "sft")
+    if teacher_kind not in TEACHER_KINDS:
+        raise unknown(f"teacher_kind in {where}", teacher_kind, TEACHER_KINDS)
+    if teacher_kind == "base" and any(s > 0 for s in noise_sigmas):
+        raise KdgridError(f"config key {where}: noise_sigmas apply to the SFT teacher only (teacher_kind: sft)")
+    for value in temperatures:
+        if value <= 0:
+            raise KdgridError(f"config key {where}.temperatures: {value} must be > 0")
+    for value in noise_sigmas:
+        if value < 0:
+            raise KdgridError(f"config key {where}.noise_sigmas: {value} must be >= 0")
+
+    cells = []
+    for family in families:
+        for teacher in teachers:
+            for student in grid.pairs[teacher]:
+                if students and student not in students:
+                    continue
+                for method in methods:
+                    # SeqKD trains on the teacher's generated answers: no logits, so no temperature or noise.
+                    temps = [1.0] if method == "seqkd" else temperatures
+                    sigmas = [0.0] if method == "seqkd" else noise_sigmas
+                    for temperature in temps:
+                        for sigma in sigmas:
+                            for seed in grid.seeds:
+                                cells.append(Cell(family, teacher, student, method, temperature, sigma,
+                                                  teacher_kind, seed))
+    if not cells:
+        raise KdgridError(f"config key {where}: selects no cell (check its teachers and students against 'pairs')")
+    return name, cells
+
+
+def expand_grid(config: dict) -> Grid:
+    """The grid a config describes, with every cell once however many blocks name it."""
+    if not isinstance(config, dict):
+        raise KdgridError(f"config: expected a mapping, got {type(config).__name__}")
+    models = _models(config)
+    families = _families(config)
+    pairs = {}
+    for teacher, students in (config.get("pairs") or {}).items():
+        if teacher not in models:
+            raise unknown("model in pairs (as teacher)", teacher, models)
+        for s in _as_list(students, f"pairs.{teacher}"):
+            if s not in models:
+                raise unknown(f"model in pairs.{teacher} (as student)", s, models)
+            if s == teacher:
+                raise KdgridError(f"config key pairs.{teacher}: a model cannot be its own student")
+        pairs[teacher] = list(students)
+    if not pairs:
+        raise KdgridError("config key 'pairs' is empty: map each teacher to its students")
+    seeds = [int(s) for s in _as_list(config.get("seeds"), "seeds") or [42]]
+    if len(set(seeds)) != len(seeds):
+        raise KdgridError(f"config key seeds: {seeds} repeats a seed")
+    teacher_seed = config.get("teacher_seed")
+    grid = Grid(
+        outdir=str(config.get("outdir") or "results").rstrip("/"),
+        models=models,
+        families=families,
+        pairs=pairs,
+        seeds=seeds,
+        teacher_seed=int(teacher_seed) if teacher_seed is not None else seeds[0],
+        kd=_section(config, "kd", DEFAULT_KD),
+        evaluation=_section(config, "evaluation", DEFAULT_EVALUATION),
+        compare=_section(config, "compare", DEFAULT_COMPARE),
+        teacher_cache=_section(config, "teacher_cache", DEFAULT_TEACHER_CACHE),
+        resources=_resources_section(config),
+    )
+    blocks = _as_list(config.get("blocks"), "blocks")
+    if not blocks:
+        raise KdgridError("config key 'blocks' is empty: describe at least one block of cells")
+    unique: dict[Cell, None] = {}
+    for i, block in enumerate(blocks):
+        if not isinstance(block, dict):
+            raise KdgridError(f"config key blocks[{i}]: expected a mapping, got {block!r}")
+        name, cells = _expand_block(i, block, grid)
+        if name in grid.block_cells:
+            raise KdgridError(f"config key blocks[{i}].name: {name!r} names two blocks")
+        grid.block_cells[name] = cells
+        unique.update(dict.fromkeys(cells))
+    grid.cells = list(unique)
+    return grid
+
+
+def _resources_section(config: dict) -> dict:
+    from .resources_plan import DEFAULT_RESOURCES
+
+    return _section(config, "resources", DEFAULT_RESOURCES)
+
+
+def load_config(path: str | os.PathLike) -> dict:
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise KdgridError(f"{path}: config file not found") from None
+    except yaml.YAMLError as e:
+        raise KdgridError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(config, dict):
+        raise KdgridError(f"{path}: expected a mapping of config keys")
+    return config

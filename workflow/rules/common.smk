@@ -1,0 +1,179 @@
+# Every decision of the workflow, made by kdgrid.grid: the rules only look jobs up here.
+import os
+import shlex
+
+from kdgrid.errors import KdgridError
+from kdgrid.grid import (
+    BASE_DIR,
+    KD_DIR,
+    METHODS,
+    MODEL_NAME_REGEX,
+    PLOT_NAMES,
+    PLOTS_DIR,
+    SFT_DIR,
+    STATS_CSV,
+    STATS_MD,
+    TABLE_CSV,
+    TABLE_PARQUET,
+    TEACHER_OUTPUTS_FILE,
+    TEACHER_RESPONSES_FILE,
+    expand_grid,
+    fmt_number,
+)
+
+GRID = expand_grid(config)
+OUT = GRID.outdir
+ENV = "../../envs/kdgrid.yaml"  # relative to the rule files
+
+
+wildcard_constraints:
+    family="|".join(GRID.families),
+    model=MODEL_NAME_REGEX,
+    teacher=MODEL_NAME_REGEX,
+    student=MODEL_NAME_REGEX,
+    method="|".join(METHODS),
+    temperature=r"[0-9.]+(e-?[0-9]+)?",
+    ablation=r"sft-teacher|base-teacher|noise[0-9.]+(e-?[0-9]+)?",
+    seed=r"\d+",
+    teacher_kind="sft|base",
+    top_k=r"\d+",
+    ckpt=r".+",
+    comparison=r".+/compare(/[^/]+/(sft|base)-teacher)?",
+
+
+def out(*parts):
+    return os.path.join(OUT, *parts)
+
+
+def log_of(rule_name, pattern):
+    return out("logs", rule_name, f"{pattern}.log")
+
+
+def benchmark_of(rule_name, pattern):
+    return out("benchmarks", rule_name, f"{pattern}.tsv")
+
+
+def flags(args):
+    return shlex.join(str(a) for a in args)
+
+
+def _lookup(table, key, what):
+    if key not in table:
+        raise KdgridError(f"{what} {key!r} is not part of the grid of this config")
+    return table[key]
+
+
+def kd_cell(wildcards):
+    return _lookup(GRID.cells_by_id, KD_DIR.format(**wildcards), "distillation cell")
+
+
+def sft_run(wildcards):
+    return _lookup(GRID.sft_runs_by_id, SFT_DIR.format(**wildcards), "SFT run")
+
+
+def evaluation(wildcards):
+    return _lookup(GRID.evaluations_by_ckpt, wildcards.ckpt, "checkpoint")
+
+
+def comparison(wildcards):
+    return _lookup(GRID.comparisons_by_id, wildcards.comparison, "comparison")
+
+
+def teacher_outputs_job(wildcards):
+    return _lookup(GRID.teacher_outputs_by_path, TEACHER_OUTPUTS_FILE.format(**wildcards), "teacher-output cache")
+
+
+def teacher_responses_job(wildcards):
+    return _lookup(GRID.teacher_responses_by_path, TEACHER_RESPONSES_FILE.format(**wildcards), "teacher responses")
+
+
+def train_data(family):
+    return f"{GRID.data_dir(family)}/train.json"
+
+
+def test_data(family):
+    return f"{GRID.data_dir(family)}/test"
+
+
+def eval_files(ckpt):
+    return {"scores": out(ckpt, "eval", "scores.json"), "records": out(ckpt, "eval", "records.jsonl")}
+
+
+def checkpoint_model(ckpt):
+    """The model an evaluation loads: the checkpoint's folder, or for a base model its weights."""
+    ev = GRID.evaluations_by_ckpt[ckpt]
+    if ev.role == "base":
+        return GRID.model_ref(ev.model)
+    return out(ckpt, "model")
+
+
+def checkpoint_files(ckpt):
+    ev = GRID.evaluations_by_ckpt[ckpt]
+    if ev.role == "base":
+        return GRID.model_files(ev.model)
+    return [out(ckpt, "model")]
+
+
+def meta_flags(meta):
+    return flags(f"{key}={value}" for key, value in meta)
+
+
+RESOURCE_KEYS = ("gpu", "cpus_per_gpu", "mem_mb", "runtime", "nproc", "zero_stage")
+
+
+def _resource(plan, key):
+    def get(wildcards):
+        return getattr(plan(wildcards), key)
+
+    return get
+
+
+def job_resources(plan):
+    """A rule's resources from `plan(wildcards) -> kdgrid.resources_plan.JobResources`. The SLURM
+    executor reads gpu, cpus_per_gpu, mem_mb and runtime; nproc and zero_stage reach `kdgrid train`."""
+    return {key: _resource(plan, key) for key in RESOURCE_KEYS}
+
+
+def job_threads(plan):
+    return _resource(plan, "threads")
+
+
+def plan_sft(wildcards):
+    return GRID.resources_sft(sft_run(wildcards))
+
+
+def plan_distill(wildcards):
+    return GRID.resources_distill(kd_cell(wildcards))
+
+
+def plan_light(wildcards=None):
+    from kdgrid.resources_plan import plan_light
+
+    return plan_light(GRID.resources)
+
+
+# Input functions of the distill, evaluate and compare rules.
+
+
+def distill_inputs(wildcards):
+    cell = kd_cell(wildcards)
+    inputs = {"data": GRID.distill_data(cell), "student": GRID.model_files(cell.student)}
+    if cell.method != "seqkd":
+        inputs["teacher"] = GRID.teacher_files(cell.family, cell.teacher, cell.teacher_kind)
+    cache = GRID.teacher_outputs_of(cell)
+    if cache is not None:
+        # ancient: the cache is rewritten when a cell at a new temperature joins the grid, and its
+        # content at the other temperatures does not change, so their cells need not run again. A
+        # retrained teacher still re-runs them: the teacher is an input of its own.
+        inputs["cache"] = ancient(out(cache.path))
+    return inputs
+
+
+def evaluate_inputs(wildcards):
+    ev = evaluation(wildcards)
+    return {"test": test_data(ev.family), "model": checkpoint_files(ev.ckpt)}
+
+
+def compare_inputs(wildcards):
+    c = comparison(wildcards)
+    return {"student": eval_files(c.student_ckpt)["records"], "teacher": eval_files(c.teacher_ckpt)["records"]}

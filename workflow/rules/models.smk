@@ -1,0 +1,13 @@
+# Tiny models are built locally from their spec (no hub); hub models need no rule: the jobs that use
+# them load them by hub id, or from the local mirror folder given as `models.<name>.path`.
+rule materialise_model:
+    output:
+        directory("resources/models/{model}"),
+    log:
+        log_of("materialise_model", "{model}"),
+    benchmark:
+        benchmark_of("materialise_model", "{model}")
+    conda:
+        ENV
+    shell:
+        "kdgrid models materialise {wildcards.model} --out {output} > {log} 2>&1"
