@@ -39,7 +39,7 @@ def load_records(path: str | os.PathLike) -> list[dict]:
 
 
 def tokenize_records(records: list[dict], tokenizer, cutoff: int, token_scope: str = "all") -> list[dict]:
-    """Each record as {"input_ids": [...], "loss_mask": [...]}, in record order.
+    """Each record as {"input_ids": [...], "loss_mask": [...], "prompt_len": n}, in record order.
 
     The sequence is prompt + response + eos (the eos is kept only if it fits), truncated to `cutoff`
     tokens. Prompt and response are tokenised separately so the prompt's tokens are exactly those a
@@ -58,12 +58,12 @@ def tokenize_records(records: list[dict], tokenizer, cutoff: int, token_scope: s
     examples = []
     for p, r in zip(prompt_ids, response_ids):
         ids = (list(p) + list(r) + [tokenizer.eos_token_id])[:cutoff]
+        n_prompt = min(len(p), len(ids))
         if token_scope == "all":
             mask = [0] + [1] * (len(ids) - 1)
         else:
-            n_prompt = min(len(p), len(ids))
             mask = [0] * n_prompt + [1] * (len(ids) - n_prompt)
-        examples.append({"input_ids": ids, "loss_mask": mask})
+        examples.append({"input_ids": ids, "loss_mask": mask, "prompt_len": n_prompt})
     return examples
 
 
@@ -122,8 +122,9 @@ def load_tokenized(data_path: str | os.PathLike, tokenizer, cutoff: int, token_s
 
 class Collator:
     """Pads a list of examples (right padding) into a batch of tensors:
-    input_ids, attention_mask, labels (-100 where not a target), kd_mask (see module doc) and
-    example_index (which example of the data file each row is, for the teacher-output cache)."""
+    input_ids, attention_mask, labels (-100 where not a target), kd_mask (see module doc),
+    prompt_len (prompt tokens of each row, for on-policy sampling) and example_index (which example
+    of the data file each row is, for the teacher-output cache)."""
 
     def __init__(self, pad_token_id: int):
         self.pad_token_id = pad_token_id
@@ -148,6 +149,7 @@ class Collator:
             "attention_mask": attention_mask,
             "labels": labels,
             "kd_mask": kd_mask,
+            "prompt_len": torch.tensor([e["prompt_len"] for e in examples], dtype=torch.long),
             "example_index": torch.tensor([e["index"] for e in examples], dtype=torch.long),
         }
 

@@ -1,0 +1,56 @@
+"""`kdgrid train`: train one cell of the grid (SFT or distillation), see docs/training.md."""
+
+from __future__ import annotations
+
+HELP = "Train one cell: SFT of a model, or distillation of a student from a teacher (any method, ZeRO 0-3)."
+
+
+def add_arguments(p) -> None:
+    from ..training.config import DEFAULT_LORA_TARGETS, FINETUNES, METHODS, MODES, PRECISIONS, TOKEN_SCOPES
+
+    p.add_argument("--mode", required=True, choices=MODES)
+    p.add_argument("--model", required=True, help="the model to train: a local HF folder or a hub id")
+    p.add_argument("--data", required=True, help="training set, LLM-Adapters JSON")
+    p.add_argument("--out", required=True, help="the cell folder: model/, train_log.jsonl, checkpoints/")
+    p.add_argument("--teacher", help="teacher model (distill): a local HF folder or a hub id")
+    p.add_argument("--teacher-cache", help="teacher-output cache (kdgrid teacher-outputs); used by off-policy "
+                   "methods without noise instead of running the teacher")
+    p.add_argument("--method", choices=METHODS, help="KD loss (distill): fkl (the paper's SeqKD), rkl, gkd, "
+                   "skew_kl, tvd, or seqkd (Kim & Rush: cross-entropy on the teacher's responses)")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--noise-sigma", type=float, default=0.0, help="Gaussian noise N(0, s^2) on the teacher's logits")
+    p.add_argument("--beta", type=float, default=0.5, help="GKD: generalized JSD mixture weight")
+    p.add_argument("--lmbda", type=float, default=0.5, help="GKD: share of batches on the student's own samples")
+    p.add_argument("--skew", type=float, default=0.1, help="skew_kl: skew of the teacher-student mixture")
+    p.add_argument("--kd-weight", type=float, default=1.0, help="w in (1 - w) CE + w KD")
+    p.add_argument("--token-scope", choices=TOKEN_SCOPES, default="all",
+                   help="tokens in the loss: all (prompt and response, the paper's code) or response")
+    p.add_argument("--finetune", choices=FINETUNES, default="lora")
+    p.add_argument("--lora-r", type=int, default=8)
+    p.add_argument("--lora-alpha", type=int, default=16)
+    p.add_argument("--lora-dropout", type=float, default=0.05)
+    p.add_argument("--lora-targets", default=DEFAULT_LORA_TARGETS)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--micro-batch-size", type=int, default=4, help="per process")
+    p.add_argument("--grad-accum", type=int, default=4)
+    p.add_argument("--warmup-steps", type=int, default=100)
+    p.add_argument("--cutoff", type=int, default=256, help="maximum tokens per example")
+    p.add_argument("--epochs", type=float, default=4.0)
+    p.add_argument("--max-steps", type=int, default=-1, help="optimizer steps; -1: train --epochs")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--zero-stage", type=int, choices=(0, 1, 2, 3), default=0,
+                   help="DeepSpeed ZeRO stage; 0 runs without DeepSpeed (plain data parallel)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto: bf16 (or fp16) on GPU, fp32 on CPU")
+    p.add_argument("--save-steps", type=int, default=200, help="checkpoint every N optimizer steps")
+    p.add_argument("--gkd-max-new-tokens", type=int, default=128)
+    p.add_argument("--nproc", type=int, default=1, help="processes (GPUs); > 1 relaunches under torchrun")
+    p.add_argument("--cell", help="cell name for logs and errors (default: --out)")
+
+
+def run(args) -> int:
+    from ..training.config import TrainConfig
+    from ..training.engine import train
+
+    train(TrainConfig.from_args(args))
+    return 0

@@ -1,0 +1,243 @@
+"""Train one cell: `train(cfg)` is what `kdgrid train` runs, from config to the exported model.
+
+Layout of a cell folder CELL_DIR:
+  model/             the trained model, a HF folder (LoRA merged), written atomically at the end;
+  train_log.jsonl    config line, one line per optimizer step, resume events, a final line;
+  checkpoints/       resumable Trainer checkpoints (+ the in-progress log), removed once model/ exists.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from ..errors import KdgridError
+from ..io import read_jsonl, write_jsonl, write_text
+from .config import TrainConfig
+
+CONFIG_FILE = "kdgrid_train_config.json"
+PROGRESS_LOG = "train_log.jsonl"
+
+
+def complete_checkpoints(checkpoints: Path) -> list[Path]:
+    """Checkpoint folders the Trainer finished writing (trainer_state.json is written last), oldest first."""
+    if not checkpoints.is_dir():
+        return []
+    found = []
+    for path in checkpoints.glob("checkpoint-*"):
+        step = path.name.removeprefix("checkpoint-")
+        if step.isdigit() and (path / "trainer_state.json").is_file():
+            found.append((int(step), path))
+    return [p for _, p in sorted(found)]
+
+
+def prepare_checkpoints(cfg: TrainConfig, checkpoints: Path) -> tuple[Path | None, str]:
+    """(checkpoint to resume from or None, why). Checkpoints of a different config are discarded,
+    as are half-written ones (a job killed while saving). Runs on the main process only."""
+    config_file = checkpoints / CONFIG_FILE
+    wanted = json.dumps(cfg.to_dict(), sort_keys=True)
+    if checkpoints.is_dir():
+        saved = config_file.read_text(encoding="utf-8") if config_file.is_file() else None
+        if saved != wanted:
+            shutil.rmtree(checkpoints)
+            why = "checkpoints of a different configuration discarded" if saved else "fresh start"
+            checkpoints.mkdir(parents=True)
+            write_text(config_file, wanted)
+            return None, why
+        complete = complete_checkpoints(checkpoints)
+        for path in checkpoints.glob("checkpoint-*"):
+            if path not in complete[-1:]:
+                shutil.rmtree(path)
+        if complete:
+            return complete[-1], f"resuming from {complete[-1].name}"
+        return None, "fresh start (no complete checkpoint)"
+    checkpoints.mkdir(parents=True)
+    write_text(config_file, wanted)
+    return None, "fresh start"
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def training_arguments(cfg: TrainConfig, precision: str, checkpoints: Path):
+    import torch
+    from transformers import TrainingArguments
+
+    from .distributed import deepspeed_config, world_size
+
+    on_gpu = torch.cuda.is_available()
+    return TrainingArguments(
+        output_dir=str(checkpoints),
+        per_device_train_batch_size=cfg.micro_batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.lr,
+        lr_scheduler_type="linear",
+        warmup_steps=cfg.warmup_steps,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        seed=cfg.seed,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=not on_gpu,
+        deepspeed=deepspeed_config(cfg.zero_stage),
+        ddp_backend=None if on_gpu or world_size() == 1 else "gloo",
+        ddp_find_unused_parameters=False,
+        logging_steps=1,
+        logging_nan_inf_filter=False,  # a NaN loss must reach the log (and stop the job), not be averaged away
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=1,
+        report_to=[],
+        remove_unused_columns=False,  # the collator's example_index, kd_mask and prompt_len reach the loss
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+
+
+def _resolved_model(name: str, role: str) -> str:
+    path = Path(name)
+    if path.exists() and not (path / "config.json").is_file():
+        raise KdgridError(f"--{role} {name}: a folder without config.json is not a Hugging Face model")
+    return name
+
+
+def train(cfg: TrainConfig) -> None:
+    cfg.validate()
+    if not Path(cfg.data).is_file():
+        raise KdgridError(f"--data {cfg.data}: file not found")
+    _resolved_model(cfg.model, "model")
+    if cfg.teacher:
+        _resolved_model(cfg.teacher, "teacher")
+
+    from .distributed import in_distributed_launch, relaunch_under_torchrun
+
+    if cfg.nproc > 1 and not in_distributed_launch():
+        relaunch_under_torchrun(cfg)
+        return
+    _train_in_this_process(cfg)
+
+
+def _train_in_this_process(cfg: TrainConfig) -> None:
+    import torch
+    from transformers import set_seed
+
+    from . import model_io
+    from .callbacks import NonFiniteLossCallback, StepLogCallback, crash_hooks_from_env
+    from .data import Collator, ExampleDataset, load_tokenized
+    from .distributed import deepspeed_config
+    from .trainer import KDTrainer
+
+    started = time.time()
+    out = Path(cfg.out)
+    checkpoints, model_dir, final_log = out / "checkpoints", out / "model", out / "train_log.jsonl"
+    progress_log = checkpoints / PROGRESS_LOG
+    precision = model_io.resolve_precision(cfg.precision)
+    args = training_arguments(cfg, precision, checkpoints)  # also starts the process group
+    is_main = args.process_index == 0
+    if is_main:
+        resume, why = prepare_checkpoints(cfg, checkpoints)
+    _barrier()
+    complete = complete_checkpoints(checkpoints)
+    resume = complete[-1] if complete else None
+    if not is_main:
+        why = f"resuming from {resume.name}" if resume else "fresh start"
+
+    tokenizer = model_io.load_tokenizer(cfg.model)
+    source = cfg.teacher_source
+    if cfg.teacher and cfg.uses_teacher:
+        model_io.check_tokenizers_agree(tokenizer, model_io.load_tokenizer(cfg.teacher), cfg.model, cfg.teacher)
+    with args.main_process_first(desc="tokenise the training data"):
+        examples, from_cache = load_tokenized(cfg.data, tokenizer, cfg.cutoff, cfg.token_scope)
+
+    set_seed(cfg.seed)
+    student = model_io.load_student(cfg, precision)
+    student_width = student.config.vocab_size
+    teacher_cache = open_teacher_cache(cfg, examples, student_width) if source == "cache" else None
+    teacher = model_io.load_teacher(cfg.teacher, precision) if source == "model" else None
+
+    trainer = KDTrainer(
+        model=student,
+        args=args,
+        train_dataset=ExampleDataset(examples),
+        data_collator=Collator(tokenizer.pad_token_id),
+        callbacks=[StepLogCallback(progress_log, is_main), NonFiniteLossCallback(cfg.cell_name),
+                   *crash_hooks_from_env()],
+        cfg=cfg,
+        teacher=teacher,
+        teacher_cache=teacher_cache,
+        student_width=student_width,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+
+    teacher_line = {"none": "no teacher (cross-entropy)", "model": f"teacher model {cfg.teacher} run online",
+                    "cache": f"teacher-output cache {cfg.teacher_cache}"}[source]
+    if is_main:
+        print(f"kdgrid train [{cfg.cell_name}]: {cfg.mode} {cfg.method or ''} | teacher source: {teacher_line} | "
+              f"{why} | {len(examples)} examples ({'tokenised-data cache hit' if from_cache else 'tokenised'}) | "
+              f"{args.world_size} process(es), ZeRO stage {cfg.zero_stage}, {precision}", flush=True)
+        header = {"event": "config", "config": cfg.to_dict(), "teacher_source": source, "teacher": teacher_line,
+                  "precision": precision, "world_size": args.world_size,
+                  "deepspeed": deepspeed_config(cfg.zero_stage), "examples": len(examples),
+                  "tokenized_cache_hit": from_cache}
+        if resume is None:
+            write_jsonl(progress_log, [header])
+        else:
+            step = int(resume.name.removeprefix("checkpoint-"))
+            rows = [r for r in read_jsonl(progress_log) if r.get("step", 0) <= step] if progress_log.is_file() \
+                else [header]
+            write_jsonl(progress_log, rows + [{"event": "resume", "from_step": step, "checkpoint": resume.name}])
+
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    _export(trainer, cfg, tokenizer, model_dir, precision, is_main)
+    if is_main:
+        rows = read_jsonl(progress_log)
+        losses = [r["loss"] for r in rows if "step" in r]
+        rows.append({"event": "done", "steps": trainer.state.global_step,
+                     "mean_loss": sum(losses) / max(len(losses), 1),
+                     "last_session_wall_s": round(time.time() - started, 2)})
+        write_jsonl(final_log, rows)
+        shutil.rmtree(checkpoints, ignore_errors=True)
+        print(f"kdgrid train [{cfg.cell_name}]: wrote {model_dir} after {trainer.state.global_step} steps", flush=True)
+    _barrier()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def open_teacher_cache(cfg: TrainConfig, examples: list[dict], student_width: int):
+    """The teacher-output cache, checked against this cell's examples, temperature and vocabulary width."""
+    import math
+
+    from ..teacher_cache import TeacherCache
+
+    cache = TeacherCache.load(cfg.teacher_cache)
+    cache.check_examples([e["input_ids"] for e in examples])
+    if not any(math.isclose(t, cfg.temperature) for t in cache.temperatures):
+        raise KdgridError(f"{cfg.teacher_cache}: no teacher outputs at --temperature {cfg.temperature} "
+                          f"(cached: {', '.join(map(str, cache.temperatures))})")
+    width = min(student_width, cache.vocab_width)
+    if width not in cache.widths:
+        raise KdgridError(f"{cfg.teacher_cache}: no teacher outputs at the student's vocabulary width {width} "
+                          f"(cached widths: {', '.join(map(str, cache.widths))})")
+    return cache
+
+
+def _export(trainer, cfg: TrainConfig, tokenizer, model_dir: Path, precision: str, is_main: bool) -> None:
+    from . import model_io
+
+    dtype = model_io.torch_dtype(precision)
+    if trainer.is_deepspeed_enabled and cfg.zero_stage == 3:
+        state_dict = trainer.accelerator.get_state_dict(trainer.deepspeed)  # gathered on the main process
+        if is_main:
+            model_io.export_from_state_dict(state_dict, cfg, tokenizer, model_dir, dtype)
+    elif is_main:
+        model_io.export_trained_model(trainer.accelerator.unwrap_model(trainer.model), tokenizer, model_dir, dtype)
+    _barrier()

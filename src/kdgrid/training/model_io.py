@@ -1,0 +1,141 @@
+"""Loading students, teachers and tokenizers; LoRA through peft; exporting the trained model as a
+plain Hugging Face folder (LoRA merged) that AutoModelForCausalLM and lm-eval's HFLM load."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import KdgridError
+from ..io import atomic_dir
+from .config import TrainConfig
+
+
+def resolve_precision(precision: str) -> str:
+    """'auto' -> bf16 on a GPU that has it, else fp16 on a GPU, else fp32 (CPU)."""
+    import torch
+
+    if precision == "fp16" and not torch.cuda.is_available():
+        raise KdgridError("--precision fp16 needs a GPU; use fp32 (or bf16) on CPU")
+    if precision != "auto":
+        return precision
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def torch_dtype(precision: str):
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def _hub_hint(name: str) -> str:
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return " (HF_HUB_OFFLINE is set: only local folders and models already in the hub cache load)"
+    return ""
+
+
+def load_tokenizer(name_or_path: str):
+    """The tokenizer of a model folder or hub id, with a pad token (eos if it has none), right padding."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError) as e:
+        raise KdgridError(f"cannot load the tokenizer of {name_or_path!r}{_hub_hint(name_or_path)}: {e}") from e
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def check_tokenizers_agree(student_tokenizer, teacher_tokenizer, student: str, teacher: str) -> None:
+    """Refuse a teacher whose tokenizer differs from the student's (vocabulary, merges, special ids):
+    token-level KD compares distributions over the same token ids."""
+    from .data import tokenizer_fingerprint
+
+    if tokenizer_fingerprint(student_tokenizer) != tokenizer_fingerprint(teacher_tokenizer):
+        raise KdgridError(
+            f"teacher {teacher!r} and student {student!r} have different tokenizers "
+            f"({len(teacher_tokenizer)} vs {len(student_tokenizer)} tokens, or different merges/special tokens); "
+            f"token-level distillation needs one shared tokenizer"
+        )
+
+
+def load_causal_lm(name_or_path: str, dtype, role: str):
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
+    except (OSError, ValueError) as e:
+        raise KdgridError(f"cannot load the {role} model {name_or_path!r}{_hub_hint(name_or_path)}: {e}") from e
+
+
+def apply_lora(model, cfg: TrainConfig):
+    """Wrap `model` with LoRA adapters on the configured projections (the study's r=8, alpha=16)."""
+    from peft import LoraConfig, get_peft_model
+
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [t for t in cfg.lora_target_modules if t not in present]
+    if missing:
+        raise KdgridError(f"--lora-targets: model {cfg.model!r} has no module named {', '.join(missing)}")
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=cfg.lora_target_modules, bias="none", task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def load_student(cfg: TrainConfig, precision: str):
+    """The trainable student: half precision weights under LoRA or DeepSpeed (which keeps fp32
+    master weights itself), fp32 weights for plain full fine-tuning (autocast does the rest)."""
+    import torch
+    from transformers import set_seed
+
+    half = precision != "fp32" and (cfg.finetune == "lora" or cfg.zero_stage > 0)
+    model = load_causal_lm(cfg.model, torch_dtype(precision) if half else torch.float32, "student")
+    model.config.use_cache = False
+    if cfg.finetune == "lora":
+        set_seed(cfg.seed)  # the adapters' initialisation, identical for any world size or ZeRO stage
+        model = apply_lora(model, cfg)
+    return model
+
+
+def load_teacher(name_or_path: str, precision: str):
+    """The frozen teacher, in eval mode, in the run's compute precision."""
+    model = load_causal_lm(name_or_path, torch_dtype(precision), "teacher")
+    model.requires_grad_(False)
+    return model.eval()
+
+
+def _save_folder(model, tokenizer, out_dir: Path, dtype) -> None:
+    with atomic_dir(out_dir) as tmp:
+        model.to(dtype).save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+
+
+def export_trained_model(model, tokenizer, out_dir: Path, dtype) -> None:
+    """Write a trained (not sharded) model to `out_dir` as a HF folder, merging LoRA in place."""
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        model = model.merge_and_unload()
+    model.config.use_cache = True
+    _save_folder(model, tokenizer, out_dir, dtype)
+
+
+def export_from_state_dict(state_dict: dict, cfg: TrainConfig, tokenizer, out_dir: Path, dtype) -> None:
+    """Write a model gathered from ZeRO-3 shards: rebuild the student (no sharding), load the full
+    state dict into it, merge LoRA, save. Runs on one process after training."""
+    import torch
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()  # the rebuilt copy must not be partitioned again
+    model = load_causal_lm(cfg.model, torch.float32, "student")
+    if cfg.finetune == "lora":
+        model = apply_lora(model, cfg)
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    tied = {k for k in missing if k.endswith("lm_head.weight")} if model.config.tie_word_embeddings else set()
+    if set(missing) - tied or unexpected:
+        raise KdgridError(f"gathered ZeRO-3 state dict does not fit {cfg.model!r}: missing "
+                          f"{sorted(set(missing) - tied)[:5]}, unexpected {sorted(unexpected)[:5]}")
+    export_trained_model(model, tokenizer, out_dir, dtype)

@@ -1,0 +1,179 @@
+"""KDTrainer: a thin subclass of transformers.Trainer that only wires the losses together.
+
+One micro-batch: (for on-policy GKD, maybe replace the responses by the student's own samples) ->
+student forward -> cross-entropy (SFT, seqkd) or the KD loss of `kdgrid.losses` against the
+teacher's logits (online, optionally with Gaussian noise) or the teacher-output cache.
+Everything else (optimizer, schedule, accumulation, DeepSpeed, checkpoints) is the Trainer's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import resource
+import time
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer
+
+from .config import TrainConfig
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over the target tokens (labels != -100) of the micro-batch."""
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+
+
+def _seed_of(*parts) -> int:
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") & ((1 << 63) - 1)
+
+
+class KDTrainer(Trainer):
+    def __init__(self, *args, cfg: TrainConfig, teacher=None, teacher_cache=None, student_width: int,
+                 pad_token_id: int, eos_token_id: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Our losses are means over one micro-batch; the Trainer divides them by the accumulation steps.
+        self.model_accepts_loss_kwargs = False
+        self.cfg = cfg
+        self.teacher_cache = teacher_cache
+        self.student_width = student_width
+        self.pad_token_id = pad_token_id
+        self.eos_token_id = eos_token_id
+        self.teacher = self._prepare_teacher(teacher) if teacher is not None else None
+        self._micro = (-1, 0)  # (global step, micro-batch index within it): seeds sampling decisions
+        self._tokens_since_log = torch.zeros((), dtype=torch.long, device=self.args.device)
+        self._last_log_time = time.perf_counter()
+
+    # --- teacher -------------------------------------------------------------------------------
+
+    def _prepare_teacher(self, teacher):
+        """Replicated on every process at ZeRO stages 0-2; sharded with ZeRO-3 inference at stage 3."""
+        if self.is_deepspeed_enabled and self.cfg.zero_stage == 3:
+            from .distributed import zero3_inference_engine
+
+            return zero3_inference_engine(teacher, self.accelerator)
+        return teacher.to(self.args.device)
+
+    @torch.no_grad()
+    def teacher_outputs(self, input_ids, attention_mask, example_index):
+        if self.teacher_cache is not None:
+            return self.teacher_cache.batch(example_index.tolist(), input_ids.shape[1], self.cfg.temperature,
+                                            input_ids.device, width=self.student_width)
+        logits = self.teacher(input_ids=input_ids, attention_mask=attention_mask).logits
+        if self.cfg.noise_sigma > 0:
+            step, micro = self._micro
+            generator = torch.Generator(device=logits.device)
+            generator.manual_seed(_seed_of("noise", self.cfg.seed, step, micro, self.args.process_index))
+            noise = torch.randn(logits.shape, generator=generator, device=logits.device, dtype=torch.float32)
+            logits = logits.float() + self.cfg.noise_sigma * noise
+        return logits
+
+    # --- on-policy GKD -------------------------------------------------------------------------
+
+    def _draw_on_policy(self) -> bool:
+        """Same decision on every process (ZeRO-3 generation is collective), reproducible on resume."""
+        step, micro = self._micro
+        return random.Random(_seed_of("on-policy", self.cfg.seed, step, micro)).random() < self.cfg.lmbda
+
+    def on_policy_batch(self, model, input_ids, prompt_len):
+        """The batch with each response replaced by the student's own sample from its prompt.
+        Returns (input_ids, attention_mask, labels, kd_mask), right-padded like the collator's."""
+        device, pad, eos = input_ids.device, self.pad_token_id, self.eos_token_id
+        width = input_ids.shape[1]
+        longest_prompt = int(prompt_len.max())
+        max_new = min(self.cfg.gkd_max_new_tokens, self.cfg.cutoff - longest_prompt)
+        if max_new <= 0:
+            return None
+        positions = torch.arange(longest_prompt, device=device)[None]
+        shift = (longest_prompt - prompt_len)[:, None]  # left padding of each prompt
+        source = (positions - shift).clamp(min=0)
+        prompts = torch.where(positions >= shift, input_ids.gather(1, source), pad)
+        prompt_mask = (positions >= shift).long()
+
+        student = self.accelerator.unwrap_model(model)
+        was_training = student.training
+        student.eval()
+        with torch.no_grad():
+            out = student.generate(
+                input_ids=prompts, attention_mask=prompt_mask, do_sample=True, temperature=1.0, top_k=0,
+                top_p=1.0, max_new_tokens=max_new, pad_token_id=pad, eos_token_id=eos, use_cache=True,
+                synced_gpus=self.is_deepspeed_enabled and self.cfg.zero_stage == 3 and self.args.world_size > 1,
+            )
+        student.train(was_training)
+        generated = out[:, longest_prompt:]
+        if generated.shape[1] == 0:
+            return None
+        is_eos = generated == eos
+        response_len = torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, generated.shape[1])
+        lengths = prompt_len + response_len
+        total = int(lengths.max())
+
+        positions = torch.arange(total, device=device)[None]
+        in_prompt = positions < prompt_len[:, None]
+        in_sequence = positions < lengths[:, None]
+        prompt_part = F.pad(input_ids, (0, max(0, total - width)), value=pad)[:, :total]
+        response_part = generated.gather(1, (positions - prompt_len[:, None]).clamp(0, generated.shape[1] - 1))
+        new_ids = torch.where(in_prompt, prompt_part, torch.where(in_sequence, response_part, pad))
+        attention_mask = in_sequence.long()
+        if self.cfg.token_scope == "all":
+            loss_mask = in_sequence & (positions > 0)
+        else:
+            loss_mask = in_sequence & ~in_prompt
+        labels = new_ids.masked_fill(~loss_mask, -100)
+        kd_mask = torch.zeros_like(attention_mask)
+        kd_mask[:, :-1] = loss_mask[:, 1:].long()
+        return new_ids, attention_mask, labels, kd_mask
+
+    # --- the loss ------------------------------------------------------------------------------
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        from ..losses import kd_loss, mix_with_ce
+
+        step = self.state.global_step
+        self._micro = (step, self._micro[1] + 1) if self._micro[0] == step else (step, 0)
+        input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]
+        labels, kd_mask = inputs["labels"], inputs["kd_mask"]
+        if self.cfg.is_on_policy and self._draw_on_policy():
+            replaced = self.on_policy_batch(model, input_ids, inputs["prompt_len"])
+            if replaced is not None:
+                input_ids, attention_mask, labels, kd_mask = replaced
+        self._tokens_since_log += attention_mask.sum()
+
+        outputs = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        logits = outputs.logits
+        if not self.cfg.uses_teacher:
+            loss = causal_lm_loss(logits, labels)
+        else:
+            teacher = self.teacher_outputs(input_ids, attention_mask, inputs["example_index"])
+            kwargs = {"temperature": self.cfg.temperature}
+            if self.cfg.method == "gkd":
+                kwargs["beta"] = self.cfg.beta
+            elif self.cfg.method == "skew_kl":
+                kwargs["skew"] = self.cfg.skew
+            kd = kd_loss(self.cfg.method, logits, teacher, kd_mask, **kwargs)
+            ce = causal_lm_loss(logits, labels) if self.cfg.kd_weight < 1 else None
+            loss = mix_with_ce(ce, kd, self.cfg.kd_weight)
+        return (loss, outputs) if return_outputs else loss
+
+    # --- logging -------------------------------------------------------------------------------
+
+    def log(self, logs: dict, start_time: float | None = None) -> None:
+        """Add tokens/s (all processes) and peak memory to each step's log."""
+        if "loss" in logs:
+            tokens = self._tokens_since_log.clone()
+            if self.args.world_size > 1:
+                torch.distributed.all_reduce(tokens)
+            now = time.perf_counter()
+            logs["tokens_per_s"] = round(int(tokens) / max(now - self._last_log_time, 1e-9), 1)
+            logs["memory_mb"] = round(peak_memory_mb(), 1)
+            self._tokens_since_log.zero_()
+            self._last_log_time = now
+        super().log(logs, start_time)
+
+
+def peak_memory_mb() -> float:
+    """Peak accelerator memory of this process on a GPU, else its peak resident memory (CPU)."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
