@@ -39,18 +39,21 @@ NAMES = ["Tom", "Sam", "Lily", "Mia", "Max", "Zoe", "Ryan", "Nina", "Omar", "Pau
 ITEMS = ["apples", "pencils", "marbles", "cookies", "stickers", "books", "cards", "shells", "coins", "flowers"]
 CONTAINERS = ["bags", "boxes", "jars", "baskets"]
 
-# The commonsense world, smallest first: (thing, category).
+# The commonsense world: (thing, category, size class).
+SIZES = ("tiny", "small", "medium", "large", "huge")
 THINGS = [
-    ("ant", "animal"), ("bee", "animal"), ("grape", "fruit"), ("nail", "tool"), ("plum", "fruit"),
-    ("flute", "instrument"), ("spoon", "tool"), ("mouse", "animal"), ("apple", "fruit"),
-    ("hammer", "tool"), ("violin", "instrument"), ("melon", "fruit"), ("cat", "animal"),
-    ("guitar", "instrument"), ("stool", "furniture"), ("chair", "furniture"), ("dog", "animal"),
-    ("bicycle", "vehicle"), ("table", "furniture"), ("ladder", "tool"), ("bed", "furniture"),
-    ("piano", "instrument"), ("horse", "animal"), ("car", "vehicle"), ("elephant", "animal"),
-    ("bus", "vehicle"), ("whale", "animal"), ("ship", "vehicle"),
+    ("ant", "animal", "tiny"), ("bee", "animal", "tiny"), ("grape", "fruit", "tiny"), ("nail", "tool", "tiny"),
+    ("plum", "fruit", "tiny"), ("mouse", "animal", "small"), ("apple", "fruit", "small"),
+    ("spoon", "tool", "small"), ("flute", "instrument", "small"), ("hammer", "tool", "small"),
+    ("cat", "animal", "medium"), ("dog", "animal", "medium"), ("melon", "fruit", "medium"),
+    ("violin", "instrument", "medium"), ("guitar", "instrument", "medium"), ("stool", "furniture", "medium"),
+    ("chair", "furniture", "medium"), ("horse", "animal", "large"), ("bicycle", "vehicle", "large"),
+    ("table", "furniture", "large"), ("bed", "furniture", "large"), ("ladder", "tool", "large"),
+    ("piano", "instrument", "large"), ("elephant", "animal", "huge"), ("whale", "animal", "huge"),
+    ("car", "vehicle", "huge"), ("bus", "vehicle", "huge"), ("ship", "vehicle", "huge"),
 ]
-SIZE_RANK = {thing: rank for rank, (thing, _) in enumerate(THINGS)}
-CATEGORY = dict(THINGS)
+CATEGORY = {thing: category for thing, category, _ in THINGS}
+SIZE = {thing: size for thing, _, size in THINGS}
 CATEGORIES = sorted(set(CATEGORY.values()))
 LETTERS = "ABCDE"
 
@@ -67,12 +70,12 @@ def _one_step(rng: random.Random) -> tuple[str, str, int]:
     item = rng.choice(ITEMS)
     op = rng.choice("+-*")
     if op == "+":
-        a, b = rng.randint(1, 9), rng.randint(1, 9)
+        a, b = rng.randint(2, 9), rng.randint(2, 9)
         question = f"{name} has {a} {item}. Then {name} gets {b} more {item}. How many {item} does {name} have now?"
         return question, f"{a} + {b} = {a + b}", a + b
     if op == "-":
-        a = rng.randint(2, 18)
-        b = rng.randint(1, a - 1)
+        a = rng.randint(4, 18)
+        b = rng.randint(2, a - 2)
         question = f"{name} has {a} {item}. Then {name} gives {b} {item} to {friend}. How many {item} does {name} have left?"
         return question, f"{a} - {b} = {a - b}", a - b
     a, b = rng.randint(2, 5), rng.randint(2, 5)
@@ -89,15 +92,15 @@ def syn_arith(rng: random.Random) -> dict:
 def syn_twostep(rng: random.Random) -> dict:
     name, friend = rng.sample(NAMES, 2)
     item = rng.choice(ITEMS)
-    a, b = rng.randint(1, 9), rng.randint(1, 9)
+    a, b = rng.randint(2, 9), rng.randint(2, 9)
     if rng.random() < 0.5:
-        c = rng.randint(1, a + b - 1)
+        c = rng.randint(2, a + b - 2)
         question = (f"{name} has {a} {item}. Then {name} gets {b} more {item} and gives {c} {item} to {friend}. "
                     f"How many {item} does {name} have left?")
         equations = f"{a} + {b} = {a + b}. {a + b} - {c} = {a + b - c}"
         result = a + b - c
     else:
-        c = rng.randint(1, 9)
+        c = rng.randint(2, 9)
         question = (f"{name} has {a} {item} and {friend} has {b} {item}. Then they each get {c} more {item}. "
                     f"How many {item} do they have together?")
         equations = f"{a} + {b} = {a + b}. {c} * 2 = {2 * c}. {a + b} + {2 * c} = {a + b + 2 * c}"
@@ -114,53 +117,72 @@ def syn_choice(rng: random.Random) -> dict:
     rng.shuffle(options)
     letter = LETTERS[options.index(result)]
     choices = " ".join(f"({L}) {value}" for L, value in zip(LETTERS, options))
-    return _record(f"{question} Answer Choices: {choices}", f"{equation}. The answer is {letter}", letter)
+    output = f"{equation}, which is ({letter}). The answer is {letter}"
+    return _record(f"{question} Answer Choices: {choices}", output, letter)
 
 
 # --- commonsense --------------------------------------------------------------------------------
 
-def _keyword_answer(keyword: str) -> str:
-    return f"the correct answer is {keyword}"
+def _keyword_answer(reasons: list[str], keyword: str) -> str:
+    return f"{', '.join(reasons)}, so the correct answer is {keyword}"
+
+
+def _size_fact(thing: str) -> str:
+    return f"the {thing} is {SIZE[thing]}"
+
+
+def _category_fact(thing: str) -> str:
+    return f"the {thing} is a kind of {CATEGORY[thing]}"
+
+
+def _two_sizes(rng: random.Random) -> tuple[str, str]:
+    """Two things of different size classes, in random order."""
+    x = rng.choice(list(SIZE))
+    y = rng.choice([t for t in SIZE if SIZE[t] != SIZE[x]])
+    return x, y
+
+
+def _bigger(x: str, y: str) -> bool:
+    return SIZES.index(SIZE[x]) > SIZES.index(SIZE[y])
 
 
 def syn_bool(rng: random.Random) -> dict:
     if rng.random() < 0.5:
-        x, y = rng.sample(list(SIZE_RANK), 2)
+        x, y = _two_sizes(rng)
         question = f"is the {x} bigger than the {y}"
-        truth = SIZE_RANK[x] > SIZE_RANK[y]
+        truth, reasons = _bigger(x, y), [_size_fact(x), _size_fact(y)]
     else:
         x = rng.choice(list(CATEGORY))
         category = CATEGORY[x] if rng.random() < 0.5 else rng.choice([c for c in CATEGORIES if c != CATEGORY[x]])
         question = f"is the {x} a kind of {category}"
-        truth = CATEGORY[x] == category
+        truth, reasons = CATEGORY[x] == category, [_category_fact(x)]
     answer = "true" if truth else "false"
     instruction = f"Please answer the following question with true or false, question: {question}?\n\nAnswer format: true/false"
-    return _record(instruction, _keyword_answer(answer), answer)
+    return _record(instruction, _keyword_answer(reasons, answer), answer)
 
 
 def syn_pick(rng: random.Random) -> dict:
     category = rng.choice(CATEGORIES)
-    right = rng.choice([t for t, c in THINGS if c == category])
-    wrong = rng.sample([t for t, c in THINGS if c != category], 2)
+    right = rng.choice([t for t in CATEGORY if CATEGORY[t] == category])
+    wrong = rng.sample([t for t in CATEGORY if CATEGORY[t] != category], 2)
     choices = [right, *wrong]
     rng.shuffle(choices)
     keyword = f"answer{choices.index(right) + 1}"
     lines = "\n\n".join(f"Answer{i}: the {thing}" for i, thing in enumerate(choices, start=1))
     instruction = (f"Please choose the correct answer to the question: which of these is a kind of {category}?\n\n"
                    f"{lines}\n\nAnswer format: answer1/answer2/answer3")
-    return _record(instruction, _keyword_answer(keyword), keyword)
+    return _record(instruction, _keyword_answer([_category_fact(t) for t in choices], keyword), keyword)
 
 
 def syn_option(rng: random.Random) -> dict:
-    x, y = rng.sample(list(SIZE_RANK), 2)
+    x, y = _two_sizes(rng)
     relation = rng.choice(["bigger", "smaller"])
-    bigger = x if SIZE_RANK[x] > SIZE_RANK[y] else y
-    right = bigger if relation == "bigger" else (y if bigger == x else x)
+    right = x if _bigger(x, y) == (relation == "bigger") else y
     keyword = f"option{[x, y].index(right) + 1}"
     instruction = (f"Please choose the correct answer to fill in the blank to complete the given sentence: "
                    f"Of the {x} and the {y}, the _ is {relation}.\n\nOption1: {x}\n\nOption2: {y}\n\n"
                    f"Answer format: option1/option2")
-    return _record(instruction, _keyword_answer(keyword), keyword)
+    return _record(instruction, _keyword_answer([_size_fact(x), _size_fact(y)], keyword), keyword)
 
 
 GENERATORS = {f.__name__: f for f in [syn_arith, syn_twostep, syn_choice, syn_bool, syn_pick, syn_option]}
