@@ -59,15 +59,6 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def to_argv(self) -> list[str]:
-        """The `kdgrid train` flags that rebuild this config (used to relaunch under torchrun)."""
-        argv = []
-        for key, value in self.to_dict().items():
-            if value is None:
-                continue
-            argv += [f"--{key.replace('_', '-')}", str(value)]
-        return argv
-
     @property
     def cell_name(self) -> str:
         return self.cell or self.out

@@ -13,6 +13,7 @@ On CPU, DeepSpeed 0.19's CPU accelerator uses gloo unless oneCCL's torch binding
 from __future__ import annotations
 
 import copy
+import json
 import os
 import subprocess
 import sys
@@ -72,12 +73,17 @@ def zero3_inference_engine(teacher, accelerator):
     return engine
 
 
+CONFIG_ENV = "KDGRID_TRAIN_CONFIG"
+
+
 def relaunch_under_torchrun(cfg: TrainConfig) -> None:
-    """Run this same training command as `cfg.nproc` processes under torchrun; wait for them."""
+    """Run this same training cell as `cfg.nproc` processes under torchrun; wait for them.
+    The config travels as JSON in the environment (torchrun would misread `--nproc` in an argv)."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.nproc}",
-               "-m", "kdgrid", "train", *cfg.to_argv()]
-    print(f"kdgrid train: launching {cfg.nproc} processes: {' '.join(command)}", flush=True)
-    code = subprocess.run(command, check=False).returncode
+               "-m", "kdgrid.training.worker"]
+    print(f"kdgrid train [{cfg.cell_name}]: launching {cfg.nproc} processes: {' '.join(command)}", flush=True)
+    env = {**os.environ, CONFIG_ENV: json.dumps(cfg.to_dict())}
+    code = subprocess.run(command, env=env, check=False).returncode
     if code != 0:
         raise KdgridError(f"cell {cfg.cell_name}: distributed training ({cfg.nproc} processes) failed "
                           f"with exit code {code}; see the messages above")

@@ -140,7 +140,12 @@ def _train_in_this_process(cfg: TrainConfig) -> None:
     checkpoints, model_dir, final_log = out / "checkpoints", out / "model", out / "train_log.jsonl"
     progress_log = checkpoints / PROGRESS_LOG
     precision = model_io.resolve_precision(cfg.precision)
-    args = training_arguments(cfg, precision, checkpoints)  # also starts the process group
+    args = training_arguments(cfg, precision, checkpoints)
+    _ = args.device  # starts the process group of a distributed launch
+    if cfg.zero_stage > 0:
+        import deepspeed
+
+        deepspeed.init_distributed()  # deepspeed.comm on that group: ZeRO-3 loading partitions over it
     is_main = args.process_index == 0
     if is_main:
         resume, why = prepare_checkpoints(cfg, checkpoints)
