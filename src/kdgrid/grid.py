@@ -89,6 +89,10 @@ FAMILY_KEYS = ("tasks", "data", "training", "approx_train_examples", "approx_tes
 DEFAULT_DATA = {"source": "llm-adapters", "local": None, "seed": 0, "n_train": None, "n_test": None, "limit_test": None}
 
 
+def unknown_at(where: str, kind: str, name, known) -> KdgridError:
+    return KdgridError(f"config key {where}: {unknown(kind, name, known)}")
+
+
 def fmt_number(x: float) -> str:
     """1.0 -> "1", 0.5 -> "0.5": how temperatures and noise levels appear in paths and flags."""
     return format(float(x), "g")
@@ -125,7 +129,7 @@ class FamilySpec:
     def examples_seen(self) -> int:
         """Training examples one run goes through (epochs x train set, or max_steps x batch)."""
         t = self.training
-        seen = int(round(self.approx_train_examples * t["epochs"]))
+        seen = round(self.approx_train_examples * t["epochs"])
         if t["max_steps"] > 0:
             seen = min(seen, t["max_steps"] * t["micro_batch_size"] * t["grad_accum"])
         return seen
@@ -230,7 +234,7 @@ def _section(config: dict, key: str, defaults: dict, where: str = "") -> dict:
         raise KdgridError(f"config key {where}{key!r}: expected a mapping, got {given!r}")
     for name in given:
         if name not in defaults:
-            raise unknown(f"setting in {where}{key}", name, defaults)
+            raise unknown_at(f"{where}{key}", "setting", name, defaults)
     return {**defaults, **given}
 
 
@@ -256,12 +260,12 @@ def _families(config: dict) -> dict[str, FamilySpec]:
     families = {}
     for name, spec in (config.get("families") or {}).items():
         if name not in FAMILIES:
-            raise unknown("family", name, FAMILIES)
+            raise unknown_at("families", "family", name, FAMILIES)
         spec = spec or {}
         where = f"families.{name}."
         for key in spec:
             if key not in FAMILY_KEYS:
-                raise unknown(f"key in families.{name}", key, FAMILY_KEYS)
+                raise unknown_at(f"families.{name}", "key", key, FAMILY_KEYS)
         data = _section(spec, "data", DEFAULT_DATA, where)
         if data["source"] not in SOURCES:
             raise KdgridError(f"config key {where}data.source: {data['source']!r} is not one of {', '.join(SOURCES)}")
@@ -272,7 +276,7 @@ def _families(config: dict) -> dict[str, FamilySpec]:
         family_tasks = [t.name for t in tasks_of(name)]
         for task in tasks:
             if task not in family_tasks:
-                raise unknown(f"task in {where}tasks", task, family_tasks)
+                raise unknown_at(f"{where}tasks", "task", task, family_tasks)
         approx_train = data["n_train"] or spec.get("approx_train_examples")
         if not approx_train:
             raise KdgridError(f"config key {where}approx_train_examples is missing: give data.n_train or the "
@@ -615,30 +619,30 @@ def _expand_block(i: int, block: dict, grid: Grid) -> tuple[str, list[Cell]]:
                   "noise_sigmas"}
     for key in block:
         if key not in known_keys:
-            raise unknown(f"key in {where}", key, known_keys)
+            raise unknown_at(where, "key", key, known_keys)
     families = _as_list(block.get("families"), f"{where}.families") or list(grid.families)
     for f in families:
         if f not in grid.families:
-            raise unknown(f"family in {where}.families", f, grid.families)
+            raise unknown_at(f"{where}.families", "family", f, grid.families)
     teachers = _as_list(block.get("teachers"), f"{where}.teachers") or list(grid.pairs)
     students = _as_list(block.get("students"), f"{where}.students")
     for t in teachers:
         if t not in grid.pairs:
-            raise unknown(f"teacher in {where}.teachers (teachers come from 'pairs')", t, grid.pairs)
+            raise unknown_at(f"{where}.teachers", "teacher", t, grid.pairs)
     for s in students:
         if s not in grid.models:
-            raise unknown(f"model in {where}.students", s, grid.models)
+            raise unknown_at(f"{where}.students", "model", s, grid.models)
     methods = _as_list(block.get("methods"), f"{where}.methods")
     if not methods:
         raise KdgridError(f"config key {where}.methods is empty (known methods: {', '.join(METHODS)})")
     for m in methods:
         if m not in METHODS:
-            raise unknown(f"method in {where}.methods", m, METHODS)
+            raise unknown_at(f"{where}.methods", "method", m, METHODS)
     temperatures = [float(t) for t in _as_list(block.get("temperatures"), f"{where}.temperatures") or [1.0]]
     noise_sigmas = [float(s) for s in _as_list(block.get("noise_sigmas"), f"{where}.noise_sigmas") or [0.0]]
     teacher_kind = block.get("teacher_kind", "sft")
     if teacher_kind not in TEACHER_KINDS:
-        raise unknown(f"teacher_kind in {where}", teacher_kind, TEACHER_KINDS)
+        raise unknown_at(f"{where}.teacher_kind", "teacher kind", teacher_kind, TEACHER_KINDS)
     if teacher_kind == "base" and any(s > 0 for s in noise_sigmas):
         raise KdgridError(f"config key {where}: noise_sigmas apply to the SFT teacher only (teacher_kind: sft)")
     for value in temperatures:
@@ -677,10 +681,10 @@ def expand_grid(config: dict) -> Grid:
     pairs = {}
     for teacher, students in (config.get("pairs") or {}).items():
         if teacher not in models:
-            raise unknown("model in pairs (as teacher)", teacher, models)
+            raise unknown_at("pairs", "model", teacher, models)
         for s in _as_list(students, f"pairs.{teacher}"):
             if s not in models:
-                raise unknown(f"model in pairs.{teacher} (as student)", s, models)
+                raise unknown_at(f"pairs.{teacher}", "model", s, models)
             if s == teacher:
                 raise KdgridError(f"config key pairs.{teacher}: a model cannot be its own student")
         pairs[teacher] = list(students)

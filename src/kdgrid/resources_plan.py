@@ -114,7 +114,7 @@ def plan_training(res: dict, training: dict, student_b: float, teacher_b: float,
     host_gb = HOST_MEM_BASE_GB + gpus * HOST_MEM_GB_PER_B * (student_b + teacher_b)
     return JobResources(gpu=gpus, nproc=gpus, zero_stage=3 if gpus > 1 else 0,
                         cpus_per_gpu=int(res["cpus_per_gpu"]), threads=gpus * int(res["cpus_per_gpu"]),
-                        mem_mb=int(math.ceil(host_gb)) * 1024, runtime=_runtime_min(res, seconds))
+                        mem_mb=math.ceil(host_gb) * 1024, runtime=_runtime_min(res, seconds))
 
 
 def plan_inference(res: dict, model_b: float, examples: int, prompt_tokens: int, new_tokens: int,
@@ -128,7 +128,7 @@ def plan_inference(res: dict, model_b: float, examples: int, prompt_tokens: int,
     seconds += math.ceil(examples / batch_size) * new_tokens * (DECODE_STEP_S_BASE + DECODE_STEP_S_PER_B * model_b)
     host_gb = HOST_MEM_BASE_GB + HOST_MEM_GB_PER_B * model_b
     return JobResources(gpu=gpus, nproc=1, zero_stage=0, cpus_per_gpu=int(res["cpus_per_gpu"]),
-                        threads=gpus * int(res["cpus_per_gpu"]), mem_mb=int(math.ceil(host_gb)) * 1024,
+                        threads=gpus * int(res["cpus_per_gpu"]), mem_mb=math.ceil(host_gb) * 1024,
                         runtime=_runtime_min(res, seconds))
 
 
