@@ -299,3 +299,21 @@ def test_loss_does_not_keep_per_chunk_intermediates(monkeypatch):
         loss = fn(s, t, mask)
         assert [x.shape for x in loss.grad_fn.saved_tensors] == [s.shape]
         assert [type(f).__name__ for f, _ in loss.grad_fn.next_functions if f is not None] == ["AccumulateGrad"]
+
+
+@pytest.mark.parametrize("name,fn,ref,kw", CASES, ids=IDS)
+def test_minus_infinity_teacher_logits(name, fn, ref, kw):
+    # a teacher that rules tokens out (-inf logits): zero probabilities, finite loss and gradients
+    s, t, mask = make_inputs()
+    t[..., :3] = -float("inf")
+    value, grad = value_and_grad(fn, s, t, mask, **kw)
+    if name.startswith("rkl"):
+        assert value.item() == float("inf")  # the student puts mass where the teacher has none
+        return
+    assert torch.isfinite(grad).all()
+    # the reference's limit: a logit of -1e4 has probability exactly 0 in float64
+    s_ref = s.double().requires_grad_(True)
+    expected = ref(s_ref, t.double().clamp(min=-1e4), mask, **kw)
+    expected.backward()
+    assert value.item() == pytest.approx(expected.item(), rel=1e-5)
+    torch.testing.assert_close(grad, s_ref.grad, rtol=1e-4, atol=1e-7)

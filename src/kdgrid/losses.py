@@ -53,20 +53,25 @@ Teacher = torch.Tensor | SparseTeacher
 
 # --- per-token divergences between log-probability rows [n, buckets] -> [n] -------------------
 
-def _xlogratio(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
-    """a * (log a - log b) elementwise; 0 where a = 0, with zero (not NaN) gradients there."""
+def _xlogratio(log_a: torch.Tensor, log_b: torch.Tensor, zeros: bool) -> torch.Tensor:
+    """a * (log a - log b) elementwise; 0 where a = 0, with zero (not NaN) gradients there.
+    `zeros` False promises no -inf log-probability (finite logits, dense rows): the plain formula."""
+    if not zeros:
+        return log_a.exp() * (log_a - log_b)
     a_is_zero = torch.isneginf(log_a)
     log_a = log_a.masked_fill(a_is_zero, 0.0)
     log_b = log_b.masked_fill(a_is_zero, 0.0)
     return (log_a.exp() * (log_a - log_b)).masked_fill(a_is_zero, 0.0)
 
 
-def _log_mixture(log_a: torch.Tensor, log_b: torch.Tensor, weight_a: float) -> torch.Tensor:
+def _log_mixture(log_a: torch.Tensor, log_b: torch.Tensor, weight_a: float, zeros: bool) -> torch.Tensor:
     """log(weight_a * a + (1 - weight_a) * b)."""
     if weight_a == 0.0:
         return log_b
     if weight_a == 1.0:
         return log_a
+    if not zeros:
+        return torch.logaddexp(log_a + math.log(weight_a), log_b + math.log1p(-weight_a))
     both_zero = torch.isneginf(log_a) & torch.isneginf(log_b)
     mixed = torch.logaddexp(
         log_a.masked_fill(both_zero, 0.0) + math.log(weight_a),
@@ -75,33 +80,33 @@ def _log_mixture(log_a: torch.Tensor, log_b: torch.Tensor, weight_a: float) -> t
     return mixed.masked_fill(both_zero, -math.inf)
 
 
-def _forward_kl_terms(log_q: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
-    return _xlogratio(log_p, log_q).sum(-1)
+def _forward_kl_terms(log_q: torch.Tensor, log_p: torch.Tensor, zeros: bool) -> torch.Tensor:
+    return _xlogratio(log_p, log_q, zeros).sum(-1)
 
 
-def _reverse_kl_terms(log_q: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
-    return _xlogratio(log_q, log_p).sum(-1)
+def _reverse_kl_terms(log_q: torch.Tensor, log_p: torch.Tensor, zeros: bool) -> torch.Tensor:
+    return _xlogratio(log_q, log_p, zeros).sum(-1)
 
 
-def _tvd_terms(log_q: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
+def _tvd_terms(log_q: torch.Tensor, log_p: torch.Tensor, zeros: bool) -> torch.Tensor:
     return 0.5 * (log_p.exp() - log_q.exp()).abs().sum(-1)
 
 
 def _skew_kl_terms(skew: float) -> Callable:
-    def terms(log_q: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
-        return _xlogratio(log_p, _log_mixture(log_p, log_q, skew)).sum(-1)
+    def terms(log_q: torch.Tensor, log_p: torch.Tensor, zeros: bool) -> torch.Tensor:
+        return _xlogratio(log_p, _log_mixture(log_p, log_q, skew, zeros), zeros).sum(-1)
 
     return terms
 
 
 def _generalized_jsd_terms(beta: float) -> Callable:
-    def terms(log_q: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
-        log_m = _log_mixture(log_q, log_p, beta)
+    def terms(log_q: torch.Tensor, log_p: torch.Tensor, zeros: bool) -> torch.Tensor:
+        log_m = _log_mixture(log_q, log_p, beta, zeros)
         total = 0.0
         if beta > 0.0:
-            total = total + beta * _xlogratio(log_p, log_m).sum(-1)
+            total = total + beta * _xlogratio(log_p, log_m, zeros).sum(-1)
         if beta < 1.0:
-            total = total + (1.0 - beta) * _xlogratio(log_q, log_m).sum(-1)
+            total = total + (1.0 - beta) * _xlogratio(log_q, log_m, zeros).sum(-1)
         return total
 
     return terms
@@ -142,7 +147,7 @@ def _sparse_log_probs(student: torch.Tensor, topk_logits: torch.Tensor, topk_ids
 
 class _ChunkedDivergence(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, student_logits, teacher, rows, row_weights, terms, temperature, width, need_grad):
+    def forward(ctx, student_logits, teacher, rows, row_weights, terms, temperature, width, need_grad, zeros):
         vocab = student_logits.shape[-1]
         student_rows = student_logits.reshape(-1, vocab)
         if isinstance(teacher, SparseTeacher):
@@ -168,7 +173,7 @@ class _ChunkedDivergence(torch.autograd.Function):
                                                      rest_lse.to(compute_dtype), temperature)
                 else:
                     log_q, log_p = _dense_log_probs(student, teacher_rows[chunk, :width].to(compute_dtype), temperature)
-                chunk_loss = (terms(log_q, log_p) * row_weights[start:start + step].to(compute_dtype)).sum()
+                chunk_loss = (terms(log_q, log_p, zeros) * row_weights[start:start + step].to(compute_dtype)).sum()
             if need_grad:
                 (chunk_grad,) = torch.autograd.grad(chunk_loss, student)
                 grad_rows[chunk, :width] = chunk_grad.to(grad.dtype)
@@ -185,7 +190,7 @@ class _ChunkedDivergence(torch.autograd.Function):
             scaled = grad
         else:
             scaled = grad * grad_output.to(grad.dtype)
-        return scaled, None, None, None, None, None, None, None
+        return scaled, None, None, None, None, None, None, None, None
 
 
 def shared_width(student_logits: torch.Tensor, teacher_logits: Teacher):
@@ -248,11 +253,15 @@ def _divergence(terms, student_logits, teacher_logits, mask, temperature, per_se
         if rows.numel() and bool((teacher_logits.topk_ids.reshape(-1, teacher_logits.k)[rows, 0] < 0).any()):
             raise KdgridError("the mask selects a position the teacher cache has no row for "
                               "(cached example shorter than the training sequence)")
+        zeros = True
     else:
         teacher_logits = teacher_logits.detach()
+        # finite logits give finite log-probabilities: the divergences can skip their zero-probability guards
+        zeros = not (bool(torch.isfinite(student_logits[..., :width]).all())
+                     and bool(torch.isfinite(teacher_logits[..., :width]).all()))
     need_grad = torch.is_grad_enabled() and student_logits.requires_grad
     return _ChunkedDivergence.apply(student_logits, teacher_logits, rows, weights * temperature**2,
-                                    terms, float(temperature), width, need_grad)
+                                    terms, float(temperature), width, need_grad, zeros)
 
 
 # --- public losses -------------------------------------------------------------------------------
