@@ -25,6 +25,7 @@ import functools
 import hashlib
 import json
 import os
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 
@@ -121,9 +122,28 @@ def _expected_sha256(path: str, lock: dict) -> tuple[str | None, str]:
     return lock.get(path), f"the lock file {LOCK_NAME}"
 
 
+@contextmanager
+def _locked(download_dir: Path):
+    """Serialise fetches into one download directory (two data jobs may run at once)."""
+    import fcntl
+
+    download_dir.mkdir(parents=True, exist_ok=True)
+    with open(download_dir / f".{LOCK_NAME}.flock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def fetch(path: str, download_dir: str | os.PathLike | None = None) -> Path:
     """The local copy of repository file `path`, downloaded and verified once."""
     download_dir = Path(download_dir) if download_dir is not None else default_download_dir()
+    with _locked(download_dir):
+        return _fetch_locked(path, download_dir)
+
+
+def _fetch_locked(path: str, download_dir: Path) -> Path:
     lock_file = download_dir / LOCK_NAME
     lock = _read_lock(lock_file)
     expected, origin = _expected_sha256(path, lock)
