@@ -39,8 +39,10 @@ def tiny_model(tmp_path_factory):
 
     from kdgrid.tiny_models import materialise
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    return materialise("tiny-xs", tmp_path_factory.mktemp("models") / "tiny-xs")
+    yield materialise("tiny-xs", tmp_path_factory.mktemp("models") / "tiny-xs")
+    torch.set_num_threads(threads)  # leave other test modules the default
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +51,7 @@ def tiny_eval(tiny_model, data, tmp_path_factory):
     code = main([
         "evaluate", "--model", str(tiny_model), "--data-dir", str(data["math"]), "--family", "math",
         "--out", str(out), "--limit", "4", "--max-new-tokens", "24", "--batch-size", "4", "--device", "cpu",
+        "--threads", "1",
         "--meta", "role=base", "seed=1", "cell=math/base/tiny-xs",
     ])
     assert code == 0
@@ -77,6 +80,7 @@ def test_tiny_model_end_to_end_writes_consistent_outputs(tiny_eval, data):
     assert scores["n"] == {t: 4 for t in tasks}
     assert list(scores["accuracy"]) == tasks + ["Average"]
     assert scores["settings"]["max_new_tokens"] == 24 and scores["settings"]["sampling"] is False
+    assert scores["settings"]["threads"] == 1 and scores["settings"]["device"] == "cpu"
     by_task = records_by_task(rows)
     assert sorted(by_task) == sorted(tasks)
     for task in tasks:

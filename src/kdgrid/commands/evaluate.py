@@ -18,6 +18,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--limit", type=int, help="score only the first N items of each task (for tests)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
     parser.add_argument("--dtype", default="auto", help="model dtype for HFLM (auto, bfloat16, float32...)")
     parser.add_argument("--rule", default="paper", choices=["paper", "strict"],
                         help="answer rule for letter tasks: the paper's first A-E (default) or a stricter one")
@@ -44,6 +45,7 @@ def run(args) -> int:
         dtype=args.dtype,
         rule=args.rule,
         meta=parse_meta(args.meta),
+        threads=args.threads,
     )
     for task, accuracy in scores["accuracy"].items():
         print(f"{task}\t{accuracy:.2f}")

@@ -115,9 +115,11 @@ def evaluate(
     dtype: str = "auto",
     rule: str = "paper",
     meta: dict | None = None,
+    threads: int | None = None,
 ) -> dict:
     """Evaluate `model` (a model name/folder for HFLM, or an lm-eval LM object) and write `out_dir`.
 
+    `threads` sets torch's CPU threads (on a busy CPU, 1 is often fastest for tiny models).
     Returns the scores written to `out_dir/scores.json`.
     """
     settings = settings or GenerationSettings()
@@ -125,6 +127,8 @@ def evaluate(
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     if limit is not None and limit < 1:
         raise KdgridError(f"limit must be a positive number of items, got {limit}")
+    if threads is not None and threads < 1:
+        raise KdgridError(f"threads must be >= 1, got {threads}")
     test_files = find_test_sets(data_dir, family, tasks)
     if isinstance(model, str):
         model_name = model
@@ -133,7 +137,11 @@ def evaluate(
         model_name = type(model).__name__
 
     import lm_eval
+    import torch
     from lm_eval.tasks import TaskManager
+
+    if threads is not None:
+        torch.set_num_threads(threads)
 
     lm = _load_hf_model(model, device, batch_size, dtype) if isinstance(model, str) else model
     with tempfile.TemporaryDirectory(prefix="kdgrid-lmeval-") as config_dir:
@@ -173,6 +181,7 @@ def evaluate(
             "limit": limit,
             "device": str(lm.device) if hasattr(lm, "device") else device,
             "dtype": dtype,
+            "threads": torch.get_num_threads(),
             "lm_eval": lm_eval.__version__,
         },
     }
