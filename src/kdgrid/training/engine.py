@@ -165,7 +165,7 @@ def _train_in_this_process(cfg: TrainConfig) -> None:
     set_seed(cfg.seed)
     student = model_io.load_student(cfg, precision)
     student_width = student.config.vocab_size
-    teacher_cache = open_teacher_cache(cfg, examples, student_width) if source == "cache" else None
+    teacher_cache = open_teacher_cache(cfg, examples, tokenizer, student_width) if source == "cache" else None
     teacher = model_io.load_teacher(cfg.teacher, precision) if source == "model" else None
 
     trainer = KDTrainer(
@@ -217,13 +217,19 @@ def _train_in_this_process(cfg: TrainConfig) -> None:
         torch.distributed.destroy_process_group()
 
 
-def open_teacher_cache(cfg: TrainConfig, examples: list[dict], student_width: int):
-    """The teacher-output cache, checked against this cell's examples, temperature and vocabulary width."""
+def open_teacher_cache(cfg: TrainConfig, examples: list[dict], tokenizer, student_width: int):
+    """The teacher-output cache, checked against this cell's tokenizer, examples, temperature and
+    vocabulary width."""
     import math
 
     from ..teacher_cache import TeacherCache
+    from .data import tokenizer_fingerprint
 
     cache = TeacherCache.load(cfg.teacher_cache)
+    fingerprint = cache.meta.get("tokenizer_fingerprint")
+    if fingerprint and fingerprint != tokenizer_fingerprint(tokenizer):
+        raise KdgridError(f"{cfg.teacher_cache}: made with a tokenizer other than the student's ({cfg.model}); "
+                          f"token-level distillation needs one shared tokenizer")
     cache.check_examples([e["input_ids"] for e in examples])
     if not any(math.isclose(t, cfg.temperature) for t in cache.temperatures):
         raise KdgridError(f"{cfg.teacher_cache}: no teacher outputs at --temperature {cfg.temperature} "
