@@ -9,6 +9,7 @@ SIGKILLed run).
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -130,7 +131,7 @@ def test_tokenize_records_masks_order_and_cache(world, tmp_path, monkeypatch):
 def test_config_refuses_bad_combinations(world):
     from kdgrid.training.config import TrainConfig
 
-    base = dict(model="m", data="d", out="o")
+    base = {"model": "m", "data": "d", "out": "o"}
     with pytest.raises(KdgridError, match="--method"):
         TrainConfig(mode="distill", teacher="t", **base).validate()
     with pytest.raises(KdgridError, match="only applies to --mode distill"):
@@ -197,7 +198,7 @@ def test_distill_each_method_loss_falls(world, teacher, method):
     rows = log_rows(cell)
     assert rows[0]["teacher_source"] == "model"
     losses = step_losses(cell)
-    assert all(loss == loss and loss >= 0 for loss in losses)
+    assert all(math.isfinite(loss) and loss >= 0 for loss in losses)
     # tvd (<= 1), the generalized JSD (<= ln 2) and skew_kl (<= ln 10) are bounded and start near their
     # bound against a random student, so they fall by a few percent in 10 steps (fkl by 25%)
     assert sum(losses[-3:]) / 3 < 0.985 * sum(losses[:3]) / 3, losses
@@ -342,7 +343,7 @@ def test_nan_loss_stops_with_the_cell_and_step(world, capsys):
 def run_kdgrid(args: list[str], env_extra: dict | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "kdgrid", *args], env=env, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, check=False)
 
 
 def test_zero2_and_zero3_match_stage0(world, teacher):
