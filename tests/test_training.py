@@ -151,6 +151,19 @@ def test_config_refuses_bad_combinations(world):
     assert TrainConfig(mode="distill", method="seqkd", **base).validate().teacher_source == "none"
 
 
+def test_causal_lm_loss_counts_only_targets():
+    import torch.nn.functional as F
+
+    from kdgrid.training.trainer import causal_lm_loss
+
+    logits, labels = torch.randn(2, 6, 11), torch.randint(0, 11, (2, 6))
+    labels[0, :4] = -100
+    expected = torch.stack([F.cross_entropy(logits[b, t - 1], labels[b, t]) for b in range(2) for t in range(1, 6)
+                            if labels[b, t] != -100]).mean()
+    torch.testing.assert_close(causal_lm_loss(logits, labels), expected)
+    assert causal_lm_loss(logits, torch.full_like(labels, -100)).item() == 0.0  # no targets: 0, not NaN
+
+
 # --- SFT ------------------------------------------------------------------------------------------
 
 def test_sft_teacher_learns_the_math_task(world, teacher):

@@ -21,8 +21,12 @@ from .config import TrainConfig
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over the target tokens (labels != -100) of the micro-batch."""
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+    """Mean next-token cross-entropy over the target tokens (labels != -100) of the micro-batch;
+    0 for a micro-batch without targets (response-only scope, prompts longer than the cutoff)."""
+    targets = labels[:, 1:]
+    total = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100,
+                            reduction="sum")
+    return total / targets.ne(-100).sum().clamp(min=1)
 
 
 def _seed_of(*parts) -> int:
