@@ -131,6 +131,14 @@ class KDTrainer(Trainer):
 
     # --- the loss ------------------------------------------------------------------------------
 
+    def _prepare_inputs(self, inputs):
+        """Move the batch to the device, except the example indices: the teacher cache reads them on the host."""
+        example_index = inputs.pop("example_index", None)
+        inputs = super()._prepare_inputs(inputs)
+        if example_index is not None:
+            inputs["example_index"] = example_index
+        return inputs
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         from ..losses import kd_loss, mix_with_ce
 
