@@ -51,8 +51,9 @@ def test_paper_grid_job_counts(paper):
     assert counts["prepare_data"] == 2
     assert counts["materialise_model"] == 0
     assert counts["teacher_responses"] == 0
-    # per family: SFT teachers 3B, 7B, 14B, Llama-8B (their fkl/rkl cells) and base 3B, 7B
-    assert counts["teacher_outputs"] == 12
+    # per family and temperature, the teachers of fkl/rkl cells: SFT 3B and 7B at 1, 2, 5; SFT 14B and
+    # Llama-8B at 1; base 3B and 7B at 1
+    assert counts["teacher_outputs"] == 20
 
 
 def test_paper_blocks(paper):
@@ -161,7 +162,7 @@ def test_noise_on_a_base_teacher_is_refused(paper_config):
 def test_distill_flags_carry_the_method_settings_it_reads(paper, paper_config):
     cells = paper.cells_by_id
     fkl = paper.distill_args(cells["math/Qwen2.5-3B__Qwen2.5-0.5B/fkl/t1/sft-teacher/seed42"])
-    assert fkl[fkl.index("--teacher-cache") + 1] == "results/math/teacher_outputs/Qwen2.5-3B/sft/topk64.pt"
+    assert fkl[fkl.index("--teacher-cache") + 1] == "results/math/teacher_outputs/Qwen2.5-3B/sft/t1/topk64.pt"
     assert "--beta" not in fkl and "--noise-sigma" not in fkl
     gkd = paper.distill_args(cells["math/Qwen2.5-3B__Qwen2.5-0.5B/gkd/t1/sft-teacher/seed42"])
     assert "--teacher-cache" not in gkd  # on-policy (lmbda 0.5): runs the teacher
@@ -171,7 +172,9 @@ def test_distill_flags_carry_the_method_settings_it_reads(paper, paper_config):
     assert noisy[noisy.index("--noise-sigma") + 1] == "5" and "--teacher-cache" not in noisy
     base = paper.distill_args(cells["math/Qwen2.5-7B__Qwen2.5-1.5B/fkl/t1/base-teacher/seed42"])
     assert base[base.index("--teacher") + 1] == "Qwen/Qwen2.5-7B"
-    assert base[base.index("--teacher-cache") + 1].endswith("teacher_outputs/Qwen2.5-7B/base/topk64.pt")
+    assert base[base.index("--teacher-cache") + 1].endswith("teacher_outputs/Qwen2.5-7B/base/t1/topk64.pt")
+    hot = paper.distill_args(cells["commonsense/Qwen2.5-7B__Qwen2.5-3B/rkl/t5/sft-teacher/seed42"])
+    assert hot[hot.index("--teacher-cache") + 1].endswith("teacher_outputs/Qwen2.5-7B/sft/t5/topk64.pt")
 
     off = expand_grid(with_changes(paper_config, lambda c: c["teacher_cache"].update(enabled=False)))
     assert not any("--teacher-cache" in off.distill_args(c) for c in off.cells)
@@ -204,11 +207,12 @@ def test_a_setting_reaches_only_the_jobs_that_read_it(tiny):
     assert shorter.evaluation_args() != tiny.evaluation_args()
 
 
-def test_teacher_outputs_cover_every_temperature_of_their_cells(paper, tiny):
-    temps = {(t.family, t.teacher, t.teacher_kind): t.temperatures for t in paper.teacher_outputs}
-    assert temps[("math", "Qwen2.5-3B", "sft")] == (1.0, 2.0, 5.0)
-    assert temps[("math", "Qwen2.5-14B", "sft")] == (1.0,)
-    assert temps[("commonsense", "Qwen2.5-7B", "base")] == (1.0,)
+def test_one_teacher_output_cache_per_teacher_signal_and_temperature(paper, tiny):
+    caches = Counter((t.family, t.teacher, t.teacher_kind) for t in paper.teacher_outputs)
+    assert caches[("math", "Qwen2.5-3B", "sft")] == 3
+    assert caches[("math", "Qwen2.5-14B", "sft")] == 1
+    assert caches[("commonsense", "Qwen2.5-7B", "base")] == 1
+    assert len({t.path for t in paper.teacher_outputs}) == len(paper.teacher_outputs)
     seqkd = [c for c in tiny.cells if c.method == "seqkd"]
     assert seqkd and all(tiny.distill_data(c).endswith("teacher_responses/tiny-m/sft/train.json") for c in seqkd)
     assert all("--teacher" not in tiny.distill_args(c) for c in seqkd)
@@ -245,7 +249,7 @@ def test_teacher_cost_of_the_paper_grid(paper):
     online_math, online_cs = 11 + 3, 11  # gkd (on-policy) and noisy cells run the teacher
     cost = paper.teacher_cost()
     assert cost["without_cache"] == math_cells * math_run + cs_cells * cs_run
-    assert cost["cache_passes"] == 6 * 9919 + 6 * 15119
+    assert cost["cache_passes"] == 10 * 9919 + 10 * 15119
     assert cost["with_cache"] == online_math * math_run + online_cs * cs_run + cost["cache_passes"]
     assert cost["cached_cells"] == 119 - 25
 
@@ -259,7 +263,7 @@ def test_grid_command_prints_counts_and_costs(capsys):
         assert row in lines, row
     assert main(["grid", "teacher-cost", "--config", str(ROOT / "config.yaml")]) == 0
     out = capsys.readouterr().out
-    assert "5,050,942" in out and "1,204,619" in out
+    assert "5,050,942" in out and "1,304,771" in out
     assert main(["grid", "summary", "--config", "/nonexistent/config.yaml"]) == 2
     assert "config file not found" in capsys.readouterr().err
 

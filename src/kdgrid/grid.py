@@ -35,7 +35,7 @@ PLOT_NAMES = FIGURES
 KD_DIR = "{family}/{teacher}__{student}/{method}/t{temperature}/{ablation}/seed{seed}"
 SFT_DIR = "{family}/sft/{model}/seed{seed}"
 BASE_DIR = "{family}/base/{model}"
-TEACHER_OUTPUTS_FILE = "{family}/teacher_outputs/{teacher}/{teacher_kind}/topk{top_k}.pt"
+TEACHER_OUTPUTS_FILE = "{family}/teacher_outputs/{teacher}/{teacher_kind}/t{temperature}/topk{top_k}.pt"
 TEACHER_RESPONSES_FILE = "{family}/teacher_responses/{teacher}/{teacher_kind}/train.json"
 SFT_COMPARE = "{sft_dir}/compare/{teacher}/{teacher_kind}-teacher"  # + ".json"
 KD_COMPARE = "{kd_dir}/compare"  # + ".json"
@@ -196,16 +196,20 @@ class Comparison:
 
 @dataclass(frozen=True)
 class TeacherOutputs:
+    """One teacher-output cache: a teacher's top-k logits over its family's training set, with the
+    normalisers of one temperature. One file per temperature, so that adding a temperature to the grid
+    adds a cache and leaves the others (and the cells that read them) untouched."""
+
     family: str
     teacher: str
     teacher_kind: str
+    temperature: float
     top_k: int
-    temperatures: tuple[float, ...]
 
     @property
     def path(self) -> str:
-        return TEACHER_OUTPUTS_FILE.format(family=self.family, teacher=self.teacher,
-                                           teacher_kind=self.teacher_kind, top_k=self.top_k)
+        return TEACHER_OUTPUTS_FILE.format(family=self.family, teacher=self.teacher, teacher_kind=self.teacher_kind,
+                                           temperature=fmt_number(self.temperature), top_k=self.top_k)
 
 
 @dataclass(frozen=True)
@@ -439,24 +443,18 @@ class Grid:
 
     @cached_property
     def teacher_outputs(self) -> list[TeacherOutputs]:
-        temperatures: dict[tuple[str, str, str], set[float]] = {}
-        for c in self.cells:
-            if self.uses_cache(c):
-                temperatures.setdefault((c.family, c.teacher, c.teacher_kind), set()).add(c.temperature)
-        return [TeacherOutputs(f, t, k, int(self.teacher_cache["top_k"]), tuple(sorted(temps)))
-                for (f, t, k), temps in temperatures.items()]
+        return list({self.teacher_outputs_of(c): None for c in self.cells if self.uses_cache(c)})
 
     @cached_property
     def teacher_outputs_by_path(self) -> dict[str, TeacherOutputs]:
         return {t.path: t for t in self.teacher_outputs}
 
     def teacher_outputs_of(self, cell: Cell) -> TeacherOutputs | None:
+        """The cache a cell reads instead of running its teacher, or None."""
         if not self.uses_cache(cell):
             return None
-        top_k = int(self.teacher_cache["top_k"])
-        path = TEACHER_OUTPUTS_FILE.format(family=cell.family, teacher=cell.teacher,
-                                           teacher_kind=cell.teacher_kind, top_k=top_k)
-        return self.teacher_outputs_by_path[path]
+        return TeacherOutputs(cell.family, cell.teacher, cell.teacher_kind, cell.temperature,
+                              int(self.teacher_cache["top_k"]))
 
     @cached_property
     def teacher_responses(self) -> list[TeacherResponses]:

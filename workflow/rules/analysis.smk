@@ -25,8 +25,8 @@ rule stats:
     input:
         table=out(TABLE_PARQUET),
     output:
-        csv=report(out(STATS_CSV), caption="../report/hypotheses.rst", category="Statistics"),
-        md=report(out(STATS_MD), caption="../report/summary.rst", category="Statistics"),
+        csv=report(out(STATS_CSV), caption="../report/hypotheses.rst", category="Hypothesis tests"),
+        md=report(out(STATS_MD), caption="../report/summary.rst", category="Hypothesis tests"),
     log:
         log_of("stats", "stats"),
     benchmark:

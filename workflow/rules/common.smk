@@ -162,10 +162,7 @@ def distill_inputs(wildcards):
         inputs["teacher"] = GRID.teacher_files(cell.family, cell.teacher, cell.teacher_kind)
     cache = GRID.teacher_outputs_of(cell)
     if cache is not None:
-        # ancient: the cache is rewritten when a cell at a new temperature joins the grid, and its
-        # content at the other temperatures does not change, so their cells need not run again. A
-        # retrained teacher still re-runs them: the teacher is an input of its own.
-        inputs["cache"] = ancient(out(cache.path))
+        inputs["cache"] = out(cache.path)
     return inputs
 
 

@@ -1,0 +1,73 @@
+"""Precise re-runs, end to end: after a complete run of config/tiny-ci.yaml through the real rules, a
+change to the config schedules exactly the jobs it touches (read from Snakemake's dry-run job table)."""
+
+import copy
+import importlib.util
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from kdgrid.grid import load_config
+from workflow_support import copy_workflow, job_table, scheduled_jobs, snakemake, write_config
+
+COMMANDS = ("models", "data", "train", "teacher_outputs", "evaluate", "compare", "aggregate", "stats", "plots")
+MISSING = [c for c in COMMANDS if importlib.util.find_spec(f"kdgrid.commands.{c}") is None]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(bool(MISSING), reason=f"kdgrid commands not written yet: {', '.join(MISSING)}"),
+]
+
+JOINS = {"aggregate": 1, "stats": 1, "plots": 1, "all": 1}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """A workflow copy after a complete run of the CI grid."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("reruns"))
+    run = snakemake(workdir, "--configfile", "config/tiny-ci.yaml", "--cores", "2", timeout=1200)
+    assert run.returncode == 0, run.stderr[-5000:]
+    assert (workdir / "results/stats/hypotheses.csv").is_file()
+    return workdir
+
+
+def dry_run(workdir: Path, change=None) -> tuple[Counter, list]:
+    config = copy.deepcopy(load_config(workdir / "config/tiny-ci.yaml"))
+    if change:
+        change(config)
+    path = write_config(workdir / "changed.yaml", config)
+    run = snakemake(workdir, "-n", "--configfile", str(path))
+    assert run.returncode == 0, run.stderr[-5000:]
+    out = run.stdout + run.stderr
+    return job_table(out), scheduled_jobs(out)
+
+
+def test_a_second_run_with_no_change_does_nothing(finished):
+    counts, jobs = dry_run(finished)
+    assert counts == {} and jobs == []
+
+
+def test_adding_a_temperature_runs_only_the_new_cells_and_the_joins(finished):
+    counts, jobs = dry_run(finished, lambda c: c["blocks"][0].update(temperatures=[1, 2]))
+    # math fkl and rkl at t2: their teacher-output cache, training, evaluation and comparison
+    assert counts == {"teacher_outputs": 1, "distill": 2, "evaluate": 2, "compare": 2, **JOINS}
+    new = [o for rule, outputs in jobs if rule in ("teacher_outputs", "distill", "evaluate", "compare")
+           for o in outputs]
+    assert new and all("/t2/" in o for o in new)
+
+
+def test_an_evaluation_setting_retrains_nothing(finished):
+    counts, _ = dry_run(finished, lambda c: c["evaluation"].update(max_new_tokens=12))
+    # every checkpoint is evaluated again (2 families x (2 base + 2 SFT) + 3 KD), every comparison redone
+    assert counts == {"evaluate": 11, "compare": 5, **JOINS}
+
+
+def test_one_familys_training_setting_touches_only_that_family(finished):
+    def slower_commonsense(config):
+        family = config["families"]["commonsense"]
+        family["training"] = {**family["training"], "lr": 1e-3}
+
+    counts, jobs = dry_run(finished, slower_commonsense)
+    assert counts == {"sft": 2, "teacher_outputs": 1, "distill": 1, "evaluate": 3, "compare": 2, **JOINS}
+    touched = [o for rule, outputs in jobs if rule not in JOINS for o in outputs]
+    assert touched and all(o.startswith("results/commonsense/") for o in touched)
