@@ -147,13 +147,10 @@ def _train_in_this_process(cfg: TrainConfig) -> None:
 
         deepspeed.init_distributed()  # deepspeed.comm on that group: ZeRO-3 loading partitions over it
     is_main = args.process_index == 0
-    if is_main:
-        resume, why = prepare_checkpoints(cfg, checkpoints)
+    why = prepare_checkpoints(cfg, checkpoints)[1] if is_main else ""
     _barrier()
     complete = complete_checkpoints(checkpoints)
     resume = complete[-1] if complete else None
-    if not is_main:
-        why = f"resuming from {resume.name}" if resume else "fresh start"
 
     tokenizer = model_io.load_tokenizer(cfg.model)
     source = cfg.teacher_source
