@@ -172,6 +172,8 @@ def test_distill_flags_carry_the_method_settings_it_reads(paper, paper_config):
     assert noisy[noisy.index("--noise-sigma") + 1] == "5" and "--teacher-cache" not in noisy
     base = paper.distill_args(cells["math/Qwen2.5-7B__Qwen2.5-1.5B/fkl/t1/base-teacher/seed42"])
     assert base[base.index("--teacher") + 1] == "Qwen/Qwen2.5-7B"
+    lora = paper.training_args("math")
+    assert lora[lora.index("--lora-r") + 1] == "8" and lora[lora.index("--epochs") + 1] == "4"
     assert base[base.index("--teacher-cache") + 1].endswith("teacher_outputs/Qwen2.5-7B/base/t1/topk64.pt")
     hot = paper.distill_args(cells["commonsense/Qwen2.5-7B__Qwen2.5-3B/rkl/t5/sft-teacher/seed42"])
     assert hot[hot.index("--teacher-cache") + 1].endswith("teacher_outputs/Qwen2.5-7B/sft/t5/topk64.pt")
@@ -201,6 +203,11 @@ def test_a_setting_reaches_only_the_jobs_that_read_it(tiny):
     changed = {i for i, flags in distill_flags(slow).items() if flags != before[i]}
     assert changed == {c.id for c in tiny.cells if c.family == "commonsense"} and changed
     assert slow.training_args("math") == tiny.training_args("math")
+
+    def lora_rank(c):  # the tiny grid fine-tunes fully: LoRA settings are not read
+        c["families"]["math"]["training"] = {**c["families"]["math"]["training"], "lora_r": 4}
+
+    assert distill_flags(expand_grid(with_changes(config, lora_rank))) == before
 
     shorter = expand_grid(with_changes(config, lambda c: c["evaluation"].update(max_new_tokens=8)))
     assert distill_flags(shorter) == before

@@ -71,3 +71,14 @@ def test_one_familys_training_setting_touches_only_that_family(finished):
     assert counts == {"sft": 2, "teacher_outputs": 1, "distill": 1, "evaluate": 3, "compare": 2, **JOINS}
     touched = [o for rule, outputs in jobs if rule not in JOINS for o in outputs]
     assert touched and all(o.startswith("results/commonsense/") for o in touched)
+
+
+def test_the_report_shows_the_figures_with_their_captions(finished):
+    from kdgrid.analysis.captions import CAPTIONS
+
+    run = snakemake(finished, "--configfile", "config/tiny-ci.yaml", "--report", "report.html")
+    assert run.returncode == 0, run.stderr[-5000:]
+    html = (finished / "report.html").read_text(errors="replace")
+    for name, caption in CAPTIONS.items():
+        assert f"{name}.png" in html
+        assert caption.split(".")[0][:60] in html, name

@@ -58,7 +58,7 @@ DEFAULT_TRAINING = {
     "grad_accum": 4,
     "warmup_steps": 100,
     "cutoff": 256,
-    "epochs": 3,
+    "epochs": 4,
     "max_steps": -1,
     "token_scope": "all",
     "precision": "auto",
@@ -224,10 +224,6 @@ class TeacherResponses:
                                              teacher_kind=self.teacher_kind)
 
 
-def _meta_args(meta) -> list[str]:
-    return [f"{key}={value}" for key, value in meta]
-
-
 # ---------------------------------------------------------------------------------------------
 # Reading the config
 
@@ -235,7 +231,7 @@ def _meta_args(meta) -> list[str]:
 def _section(config: dict, key: str, defaults: dict, where: str = "") -> dict:
     given = config.get(key) or {}
     if not isinstance(given, dict):
-        raise KdgridError(f"config key {where}{key!r}: expected a mapping, got {given!r}")
+        raise KdgridError(f"config key {where}{key}: expected a mapping, got {given!r}")
     for name in given:
         if name not in defaults:
             raise unknown_at(f"{where}{key}", "setting", name, defaults)
@@ -472,10 +468,12 @@ class Grid:
 
     # -- command-line flags (what each rule's `params:` carries) ---------------------------------
     def training_args(self, family: str) -> list[str]:
-        """The family's training hyper-parameters as `kdgrid train` flags."""
+        """The family's training hyper-parameters as `kdgrid train` flags (the LoRA ones only with LoRA,
+        so that they re-run nothing a full fine-tuning does not read)."""
+        training = self.families[family].training
         args = []
-        for key, value in self.families[family].training.items():
-            if value is None:
+        for key, value in training.items():
+            if value is None or (key.startswith("lora_") and training["finetune"] != "lora"):
                 continue
             if isinstance(value, (list, tuple)):
                 value = ",".join(map(str, value))
