@@ -4,7 +4,6 @@ import shlex
 
 from kdgrid.errors import KdgridError
 from kdgrid.grid import (
-    BASE_DIR,
     KD_DIR,
     METHODS,
     MODEL_NAME_REGEX,
@@ -18,7 +17,6 @@ from kdgrid.grid import (
     TEACHER_OUTPUTS_FILE,
     TEACHER_RESPONSES_FILE,
     expand_grid,
-    fmt_number,
 )
 
 GRID = expand_grid(config)
@@ -41,6 +39,9 @@ wildcard_constraints:
     comparison=r".+/compare(/[^/]+/(sft|base)-teacher)?",
 
 
+# --- paths ----------------------------------------------------------------------------------------
+
+
 def out(*parts):
     return os.path.join(OUT, *parts)
 
@@ -55,6 +56,9 @@ def benchmark_of(rule_name, pattern):
 
 def flags(args):
     return shlex.join(str(a) for a in args)
+
+
+# --- the job a rule's wildcards name (an error if the grid has no such job) ------------------------
 
 
 def _lookup(table, key, what):
@@ -85,6 +89,9 @@ def teacher_outputs_job(wildcards):
 
 def teacher_responses_job(wildcards):
     return _lookup(GRID.teacher_responses_by_path, TEACHER_RESPONSES_FILE.format(**wildcards), "teacher responses")
+
+
+# --- inputs and flags --------------------------------------------------------------------------------
 
 
 def train_data(family):
@@ -118,6 +125,30 @@ def meta_flags(meta):
     return flags(f"{key}={value}" for key, value in meta)
 
 
+def distill_inputs(wildcards):
+    cell = kd_cell(wildcards)
+    inputs = {"data": GRID.distill_data(cell), "student": GRID.model_files(cell.student)}
+    if cell.method != "seqkd":
+        inputs["teacher"] = GRID.teacher_files(cell.family, cell.teacher, cell.teacher_kind)
+    cache = GRID.teacher_outputs_of(cell)
+    if cache is not None:
+        inputs["cache"] = out(cache.path)
+    return inputs
+
+
+def evaluate_inputs(wildcards):
+    ev = evaluation(wildcards)
+    return {"test": test_data(ev.family), "model": checkpoint_files(ev.ckpt)}
+
+
+def compare_inputs(wildcards):
+    c = comparison(wildcards)
+    return {"student": eval_files(c.student_ckpt)["records"], "teacher": eval_files(c.teacher_ckpt)["records"]}
+
+
+# --- resources (kdgrid.resources_plan) ---------------------------------------------------------------
+
+
 RESOURCE_KEYS = ("gpu", "cpus_per_gpu", "mem_mb", "runtime", "nproc", "zero_stage")
 
 
@@ -146,31 +177,20 @@ def plan_distill(wildcards):
     return GRID.resources_distill(kd_cell(wildcards))
 
 
+def plan_evaluate(wildcards):
+    ev = evaluation(wildcards)
+    return GRID.resources_inference(ev.model, ev.family, "evaluate")
+
+
+def plan_teacher_outputs(wildcards):
+    return GRID.resources_inference(wildcards.teacher, wildcards.family, "teacher_outputs")
+
+
+def plan_teacher_responses(wildcards):
+    return GRID.resources_inference(wildcards.teacher, wildcards.family, "teacher_responses")
+
+
 def plan_light(wildcards=None):
     from kdgrid.resources_plan import plan_light
 
     return plan_light(GRID.resources)
-
-
-# Input functions of the distill, evaluate and compare rules.
-
-
-def distill_inputs(wildcards):
-    cell = kd_cell(wildcards)
-    inputs = {"data": GRID.distill_data(cell), "student": GRID.model_files(cell.student)}
-    if cell.method != "seqkd":
-        inputs["teacher"] = GRID.teacher_files(cell.family, cell.teacher, cell.teacher_kind)
-    cache = GRID.teacher_outputs_of(cell)
-    if cache is not None:
-        inputs["cache"] = out(cache.path)
-    return inputs
-
-
-def evaluate_inputs(wildcards):
-    ev = evaluation(wildcards)
-    return {"test": test_data(ev.family), "model": checkpoint_files(ev.ckpt)}
-
-
-def compare_inputs(wildcards):
-    c = comparison(wildcards)
-    return {"student": eval_files(c.student_ckpt)["records"], "teacher": eval_files(c.teacher_ckpt)["records"]}

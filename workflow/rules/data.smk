@@ -1,9 +1,13 @@
+# Each family's training set (train.json) and test sets (test/<task>.json), synthetic or LLM-Adapters'.
+
+
 rule prepare_data:
     output:
         train="resources/data/{family}/train.json",
         test=directory("resources/data/{family}/test"),
     params:
         args=lambda w: flags(GRID.data_args(w.family)),
+        out=lambda w, output: os.path.dirname(output.train),
     log:
         log_of("prepare_data", "{family}"),
     benchmark:
@@ -11,5 +15,5 @@ rule prepare_data:
     conda:
         ENV
     shell:
-        "kdgrid data prepare --family {wildcards.family} {params.args} --out resources/data/{wildcards.family}"
+        "kdgrid data prepare --family {wildcards.family} {params.args} --out {params.out}"
         " > {log} 2>&1"

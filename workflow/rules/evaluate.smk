@@ -9,6 +9,7 @@ rule evaluate:
     params:
         model=lambda w: checkpoint_model(evaluation(w).ckpt),
         family=lambda w: evaluation(w).family,
+        data_dir=lambda w, input: os.path.dirname(input.test),
         tasks=lambda w: ",".join(GRID.families[evaluation(w).family].tasks),
         settings=flags(GRID.evaluation_args()),
         meta=lambda w: meta_flags(evaluation(w).meta),
@@ -17,11 +18,11 @@ rule evaluate:
         log_of("evaluate", "{ckpt}"),
     benchmark:
         benchmark_of("evaluate", "{ckpt}")
-    threads: job_threads(lambda w: GRID.resources_inference(evaluation(w).model, evaluation(w).family, "evaluate"))
+    threads: job_threads(plan_evaluate)
     resources:
-        **job_resources(lambda w: GRID.resources_inference(evaluation(w).model, evaluation(w).family, "evaluate")),
+        **job_resources(plan_evaluate),
     conda:
         ENV
     shell:
-        "kdgrid evaluate --model {params.model} --data-dir resources/data/{params.family} --family {params.family}"
+        "kdgrid evaluate --model {params.model} --data-dir {params.data_dir} --family {params.family}"
         " --tasks {params.tasks} --out {params.out} {params.settings} --meta {params.meta} > {log} 2>&1"

@@ -20,9 +20,9 @@ rule teacher_outputs:
         log_of("teacher_outputs", TEACHER_OUTPUTS_FILE),
     benchmark:
         benchmark_of("teacher_outputs", TEACHER_OUTPUTS_FILE)
-    threads: job_threads(lambda w: GRID.resources_inference(w.teacher, w.family, "teacher_outputs"))
+    threads: job_threads(plan_teacher_outputs)
     resources:
-        **job_resources(lambda w: GRID.resources_inference(w.teacher, w.family, "teacher_outputs")),
+        **job_resources(plan_teacher_outputs),
     conda:
         ENV
     shell:
@@ -46,9 +46,9 @@ rule teacher_responses:
         log_of("teacher_responses", TEACHER_RESPONSES_FILE),
     benchmark:
         benchmark_of("teacher_responses", TEACHER_RESPONSES_FILE)
-    threads: job_threads(lambda w: GRID.resources_inference(w.teacher, w.family, "teacher_responses"))
+    threads: job_threads(plan_teacher_responses)
     resources:
-        **job_resources(lambda w: GRID.resources_inference(w.teacher, w.family, "teacher_responses")),
+        **job_resources(plan_teacher_responses),
     conda:
         ENV
     shell:
