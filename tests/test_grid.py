@@ -271,6 +271,10 @@ def test_grid_command_prints_counts_and_costs(capsys):
     assert main(["grid", "teacher-cost", "--config", str(ROOT / "config.yaml")]) == 0
     out = capsys.readouterr().out
     assert "5,050,942" in out and "1,304,771" in out
+    assert main(["grid", "cells", "--config", str(ROOT / "config/tiny-ci.yaml")]) == 0
+    assert capsys.readouterr().out.split() == ["math/tiny-m__tiny-xs/fkl/t1/sft-teacher/seed1",
+                                               "math/tiny-m__tiny-xs/rkl/t1/sft-teacher/seed1",
+                                               "commonsense/tiny-m__tiny-xs/fkl/t1/sft-teacher/seed1"]
     assert main(["grid", "summary", "--config", "/nonexistent/config.yaml"]) == 2
     assert "config file not found" in capsys.readouterr().err
 
