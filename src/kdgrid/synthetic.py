@@ -9,17 +9,24 @@ math (like Math10K and its six test sets): word problems answered with a short r
   the first one).
 
 commonsense (like Commonsense15K and its eight test sets): questions about a small fixed world of
-28 things, each with a category and a size rank, answered in the paper's keyword format
-("the correct answer is answer2"):
+28 things, each with a category and a size class, answered in the paper's keyword format. The
+knowledge lives only in the training data; the gold output states the facts it uses, then the
+keyword, which is the first keyword in the text ("the bus is huge, the cat is medium, so the
+correct answer is true"):
 - syn_bool: "is the X bigger than the Y?" / "is the X a kind of Z?", true/false (BoolQ-like);
 - syn_pick: which of three things is a Z, answer1-answer3 (SIQA/ARC-like);
-- syn_option: fill in the blank with the bigger or smaller of two things, option1/option2
-  (WinoGrande-like).
+- syn_option: fill in the blank with the bigger of two things, option1/option2 (WinoGrande-like).
 
 `generate_family(family, seed, n_train, n_test)` returns one training set mixing the family's
-tasks and one test set per task; no test item's (instruction, input) appears in the training set.
-Everything is drawn from `random.Random` seeded with a string, so the same arguments give the same
-records on every machine and Python version.
+tasks and one test set per task; no test item's (instruction, input) appears in the training set,
+so a test item is a new combination of facts and numbers the training set teaches. Everything is
+drawn from `random.Random` seeded with a string, so the same arguments give the same records on
+every machine and Python version.
+
+Difficulty, measured with a plain full-fine-tuning loop on 2 shared CPU cores (see the project
+README for the pipeline's numbers): randomly initialised tiny models learn the output formats
+within a few dozen steps; the one-step arithmetic and the size/category facts take the larger
+models a few hundred steps, which is where teachers and students part.
 """
 
 from __future__ import annotations
@@ -176,11 +183,9 @@ def syn_pick(rng: random.Random) -> dict:
 
 def syn_option(rng: random.Random) -> dict:
     x, y = _two_sizes(rng)
-    relation = rng.choice(["bigger", "smaller"])
-    right = x if _bigger(x, y) == (relation == "bigger") else y
-    keyword = f"option{[x, y].index(right) + 1}"
+    keyword = "option1" if _bigger(x, y) else "option2"
     instruction = (f"Please choose the correct answer to fill in the blank to complete the given sentence: "
-                   f"Of the {x} and the {y}, the _ is {relation}.\n\nOption1: {x}\n\nOption2: {y}\n\n"
+                   f"Of the {x} and the {y}, the _ is bigger.\n\nOption1: {x}\n\nOption2: {y}\n\n"
                    f"Answer format: option1/option2")
     return _record(instruction, _keyword_answer([_size_fact(x), _size_fact(y)], keyword), keyword)
 
