@@ -10,7 +10,7 @@ gradients w.r.t. the student logits, and the teacher's mean rest mass r_T outsid
     python benchmarks/topk_error.py [--out benchmarks/out/topk_error.json] [--teacher-steps 300]
         [--teacher HF_FOLDER --student HF_FOLDER]   # measure trained models instead
 
-Not a timed test; about a minute on 2 CPU cores.
+Not a timed test; about 5 CPU-minutes (11 min wall on the shared 2-core machine).
 """
 
 from __future__ import annotations
