@@ -23,10 +23,11 @@ so a test item is a new combination of facts and numbers the training set teache
 drawn from `random.Random` seeded with a string, so the same arguments give the same records on
 every machine and Python version.
 
-Difficulty, measured with a plain full-fine-tuning loop on 2 shared CPU cores (see the project
-README for the pipeline's numbers): randomly initialised tiny models learn the output formats
-within a few dozen steps; the one-step arithmetic and the size/category facts take the larger
-models a few hundred steps, which is where teachers and students part.
+Difficulty (a plain full-fine-tuning probe, response-only loss, batch 16, 600 training records,
+4 epochs = 150 steps, 100 test items per task): randomly initialised tiny models learn the output
+formats first; tiny-l then learns some one-step arithmetic (math averages: tiny-xs 0, tiny-s 8-15,
+tiny-l 13-23), while the commonsense facts need several hundred steps (tiny-l reproduces them
+after 12 epochs) and all sizes stay near chance on commonsense within 150-225 steps.
 """
 
 from __future__ import annotations
