@@ -64,7 +64,7 @@ class KDTrainer(Trainer):
         if self.teacher_cache is not None:
             return self.teacher_cache.batch(example_index.tolist(), input_ids.shape[1], self.cfg.temperature,
                                             input_ids.device, width=self.student_width)
-        logits = self.teacher(input_ids=input_ids, attention_mask=attention_mask).logits
+        logits = self.teacher(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
         if self.cfg.noise_sigma > 0:
             step, micro = self._micro
             generator = torch.Generator(device=logits.device)
