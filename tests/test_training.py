@@ -360,8 +360,9 @@ def run_kdgrid(args: list[str], env_extra: dict | None = None) -> subprocess.Com
 
 
 def test_zero2_and_zero3_match_stage0(world, teacher):
-    """fkl averages per sequence, then over sequences, so 1 process x 4 sequences and 2 processes x 2
-    sequences give the same loss and gradients: trajectories must agree to float32 round-off.
+    """fkl averages per sequence, then over sequences, so 1 process accumulating 2 micro-batches of 2 and
+    2 processes with one micro-batch of 2 each (--grad-accum counts the job's micro-batches: 2 / 2 per
+    process) give the same loss and gradients: trajectories must agree to float32 round-off.
     Tolerance: 1e-5 relative on the loss, 1e-5 absolute on the exported weights."""
     from safetensors.torch import load_file
 
@@ -369,7 +370,7 @@ def test_zero2_and_zero3_match_stage0(world, teacher):
              str(teacher / "model"), "--data", str(world / "train.json"), "--lr", "1e-2", "--max-steps", "3",
              "--warmup-steps", "0", "--grad-accum", "2", "--lora-dropout", "0", "--save-steps", "1000"]
     stage0 = world / "zero0"
-    assert kdgrid(["train", *flags, "--micro-batch-size", "4", "--out", str(stage0)]) == 0
+    assert kdgrid(["train", *flags, "--micro-batch-size", "2", "--out", str(stage0)]) == 0
     reference = step_losses(stage0)
     weights0 = load_file(stage0 / "model" / "model.safetensors")
     for stage in (2, 3):
@@ -384,6 +385,15 @@ def test_zero2_and_zero3_match_stage0(world, teacher):
         assert weights.keys() == weights0.keys()
         for name, tensor in weights0.items():
             torch.testing.assert_close(weights[name], tensor, rtol=0, atol=1e-5)
+
+
+def test_grad_accum_is_shared_by_the_processes_so_the_effective_batch_stays():
+    from kdgrid.training.engine import accumulation_per_process
+
+    assert accumulation_per_process(4, 1) == 4
+    assert accumulation_per_process(4, 2) == 2  # 4 x 4 on one GPU = 4 x 2 x 2 on two
+    with pytest.raises(KdgridError, match="--grad-accum 4 is not divisible by the 8 processes"):
+        accumulation_per_process(4, 8)
 
 
 def test_killed_run_resumes_and_matches_an_uninterrupted_one(world, teacher):

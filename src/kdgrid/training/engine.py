@@ -65,6 +65,16 @@ def _barrier() -> None:
         dist.barrier()
 
 
+def accumulation_per_process(grad_accum: int, processes: int) -> int:
+    """--grad-accum counts micro-batches of the whole job, so the effective batch (micro x accumulation,
+    16 in the study) stays the same however many processes share it, as LLM-Adapters' trainer does."""
+    if grad_accum % processes:
+        raise KdgridError(f"--grad-accum {grad_accum} is not divisible by the {processes} processes of this job: "
+                          f"the effective batch micro x accumulation would change; pick a multiple of {processes} "
+                          f"(and a smaller --micro-batch-size to keep the batch)")
+    return grad_accum // processes
+
+
 def training_arguments(cfg: TrainConfig, precision: str, checkpoints: Path):
     import torch
     from transformers import TrainingArguments
@@ -75,7 +85,7 @@ def training_arguments(cfg: TrainConfig, precision: str, checkpoints: Path):
     return TrainingArguments(
         output_dir=str(checkpoints),
         per_device_train_batch_size=cfg.micro_batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
+        gradient_accumulation_steps=accumulation_per_process(cfg.grad_accum, world_size()),
         learning_rate=cfg.lr,
         lr_scheduler_type="linear",
         warmup_steps=cfg.warmup_steps,
