@@ -120,3 +120,18 @@ def materialise(name: str, out_dir, seed: int = 0) -> Path:
         model.save_pretrained(tmp, safe_serialization=True)
         build_tokenizer().save_pretrained(tmp)
     return out_dir
+
+
+def world_fingerprint() -> str:
+    """A hash of the code that defines the embedded world (tokenizer corpus, synthetic tasks, model
+    specs, prompt). The workflow passes it as a param of the jobs that build tiny models and synthetic
+    data, so editing that code rebuilds them (and everything downstream) instead of mixing models
+    with different tokenizers."""
+    import hashlib
+    from pathlib import Path
+
+    here = Path(__file__).parent
+    digest = hashlib.sha256()
+    for name in ("tokenizer.py", "synthetic.py", "tiny_models.py", "prompt.py"):
+        digest.update((here / name).read_bytes())
+    return digest.hexdigest()[:16]

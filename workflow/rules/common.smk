@@ -18,10 +18,12 @@ from kdgrid.grid import (
     TEACHER_RESPONSES_FILE,
     expand_grid,
 )
+from kdgrid.tiny_models import world_fingerprint
 
 GRID = expand_grid(config)
 OUT = GRID.outdir
 ENV = "../../envs/kdgrid.yaml"  # relative to the rule files
+TINY_WORLD = world_fingerprint()
 
 if all(model.tiny for model in GRID.models.values()):
     # A grid of tiny models needs no model hub: its jobs (which inherit this environment) never ask it.

@@ -8,6 +8,7 @@ rule prepare_data:
     params:
         args=lambda w: flags(GRID.data_args(w.family)),
         out=lambda w, output: os.path.dirname(output.train),
+        world=lambda w: TINY_WORLD if GRID.families[w.family].data["source"] == "synthetic" else None,
     log:
         log_of("prepare_data", "{family}"),
     benchmark:

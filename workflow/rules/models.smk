@@ -3,6 +3,8 @@
 rule materialise_model:
     output:
         directory("resources/models/{model}"),
+    params:
+        world=TINY_WORLD,  # rebuilt when the code defining the tiny world changes
     log:
         log_of("materialise_model", "{model}"),
     benchmark:
