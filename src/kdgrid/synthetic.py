@@ -8,26 +8,22 @@ math (like Math10K and its six test sets): word problems answered with a short r
   no capital A-E appears in its rationale before the answer letter (the paper's AQuA rule reads
   the first one).
 
-commonsense (like Commonsense15K and its eight test sets): questions about a small fixed world of
-28 things, each with a category and a size class, answered in the paper's keyword format. The
-knowledge lives only in the training data; the gold output states the facts it uses, then the
-keyword, which is the first keyword in the text ("the bus is huge, the cat is medium, so the
-correct answer is true"):
-- syn_bool: "is the X bigger than the Y?" / "is the X a kind of Z?", true/false (BoolQ-like);
-- syn_pick: which of three things is a Z, answer1-answer3 (SIQA/ARC-like);
-- syn_option: fill in the blank with the bigger of two things, option1/option2 (WinoGrande-like).
+commonsense (like Commonsense15K and its eight test sets): questions about a closed world of four
+categories of five things each, answered in the paper's keyword format; the keyword is the first
+keyword in the output. Options are listed in a fixed category order (animal, fruit, tool, vehicle),
+so the keyword follows from which categories the prompt names, without matching positions:
+- syn_bool: "X has a T. is it a kind of C?", true/false, after "it is a kind of C'" (BoolQ-like);
+- syn_pick: which of three things (of three categories) is a C, answer1-answer3 (SIQA/ARC-like);
+- syn_option: fill in the blank with the category of a thing, option1/option2 (WinoGrande-like).
+
+The commonsense rationales never copy a word from the prompt: tiny models trained for a few
+hundred steps do not learn copying (the math equations do; see the measurements). Measured difficulty: docs/tiny_world.md.
 
 `generate_family(family, seed, n_train, n_test)` returns one training set mixing the family's
 tasks and one test set per task; no test item's (instruction, input) appears in the training set,
 so a test item is a new combination of facts and numbers the training set teaches. Everything is
 drawn from `random.Random` seeded with a string, so the same arguments give the same records on
 every machine and Python version.
-
-Difficulty (a plain full-fine-tuning probe, response-only loss, batch 16, 600 training records,
-4 epochs = 150 steps, 100 test items per task): randomly initialised tiny models learn the output
-formats first; tiny-l then learns some one-step arithmetic (math averages: tiny-xs 0, tiny-s 8-15,
-tiny-l 13-23), while the commonsense facts need several hundred steps (tiny-l reproduces them
-after 12 epochs) and all sizes stay near chance on commonsense within 150-225 steps.
 """
 
 from __future__ import annotations
@@ -47,22 +43,14 @@ NAMES = ["Tom", "Sam", "Lily", "Mia", "Max", "Zoe", "Ryan", "Nina", "Omar", "Pau
 ITEMS = ["apples", "pencils", "marbles", "cookies", "stickers", "books", "cards", "shells", "coins", "flowers"]
 CONTAINERS = ["bags", "boxes", "jars", "baskets"]
 
-# The commonsense world: (thing, category, size class).
-SIZES = ("tiny", "small", "medium", "large", "huge")
-THINGS = [
-    ("ant", "animal", "tiny"), ("bee", "animal", "tiny"), ("grape", "fruit", "tiny"), ("nail", "tool", "tiny"),
-    ("plum", "fruit", "tiny"), ("mouse", "animal", "small"), ("apple", "fruit", "small"),
-    ("spoon", "tool", "small"), ("flute", "instrument", "small"), ("hammer", "tool", "small"),
-    ("cat", "animal", "medium"), ("dog", "animal", "medium"), ("melon", "fruit", "medium"),
-    ("violin", "instrument", "medium"), ("guitar", "instrument", "medium"), ("stool", "furniture", "medium"),
-    ("chair", "furniture", "medium"), ("horse", "animal", "large"), ("bicycle", "vehicle", "large"),
-    ("table", "furniture", "large"), ("bed", "furniture", "large"), ("ladder", "tool", "large"),
-    ("piano", "instrument", "large"), ("elephant", "animal", "huge"), ("whale", "animal", "huge"),
-    ("car", "vehicle", "huge"), ("bus", "vehicle", "huge"), ("ship", "vehicle", "huge"),
-]
-CATEGORY = {thing: category for thing, category, _ in THINGS}
-SIZE = {thing: size for thing, _, size in THINGS}
-CATEGORIES = sorted(set(CATEGORY.values()))
+# The commonsense world: a closed vocabulary of four categories, five things each.
+KINDS = {
+    "animal": ["cat", "dog", "cow", "fox", "owl"],
+    "fruit": ["plum", "pear", "lemon", "grape", "peach"],
+    "tool": ["saw", "drill", "hammer", "wrench", "rake"],
+    "vehicle": ["bus", "car", "van", "truck", "boat"],
+}
+CATEGORY = {thing: category for category, things in KINDS.items() for thing in things}
 LETTERS = "ABCDE"
 
 
@@ -131,64 +119,45 @@ def syn_choice(rng: random.Random) -> dict:
 
 # --- commonsense --------------------------------------------------------------------------------
 
-def _keyword_answer(reasons: list[str], keyword: str) -> str:
-    return f"{', '.join(reasons)}, so the correct answer is {keyword}"
+def _keyword_answer(keyword: str, reason: str = "") -> str:
+    return f"{reason}, so the correct answer is {keyword}" if reason else f"the correct answer is {keyword}"
 
 
-def _size_fact(thing: str) -> str:
-    return f"the {thing} is {SIZE[thing]}"
-
-
-def _category_fact(thing: str) -> str:
-    return f"the {thing} is a kind of {CATEGORY[thing]}"
-
-
-def _two_sizes(rng: random.Random) -> tuple[str, str]:
-    """Two things of different size classes, in random order."""
-    x = rng.choice(list(SIZE))
-    y = rng.choice([t for t in SIZE if SIZE[t] != SIZE[x]])
-    return x, y
-
-
-def _bigger(x: str, y: str) -> bool:
-    return SIZES.index(SIZE[x]) > SIZES.index(SIZE[y])
+def _kind_of(thing: str) -> str:
+    return f"it is a kind of {CATEGORY[thing]}"
 
 
 def syn_bool(rng: random.Random) -> dict:
-    if rng.random() < 0.5:
-        x, y = _two_sizes(rng)
-        question = f"is the {x} bigger than the {y}"
-        truth, reasons = _bigger(x, y), [_size_fact(x), _size_fact(y)]
-    else:
-        x = rng.choice(list(CATEGORY))
-        category = CATEGORY[x] if rng.random() < 0.5 else rng.choice([c for c in CATEGORIES if c != CATEGORY[x]])
-        question = f"is the {x} a kind of {category}"
-        truth, reasons = CATEGORY[x] == category, [_category_fact(x)]
-    answer = "true" if truth else "false"
-    instruction = f"Please answer the following question with true or false, question: {question}?\n\nAnswer format: true/false"
-    return _record(instruction, _keyword_answer(reasons, answer), answer)
+    name = rng.choice(NAMES)
+    thing = rng.choice(list(CATEGORY))
+    category = CATEGORY[thing] if rng.random() < 0.5 else rng.choice([c for c in KINDS if c != CATEGORY[thing]])
+    answer = "true" if CATEGORY[thing] == category else "false"
+    instruction = (f"Please answer the following question with true or false, question: {name} has a {thing}. "
+                   f"is it a kind of {category}?\n\nAnswer format: true/false")
+    return _record(instruction, _keyword_answer(answer, _kind_of(thing)), answer)
 
 
 def syn_pick(rng: random.Random) -> dict:
-    category = rng.choice(CATEGORIES)
-    right = rng.choice([t for t in CATEGORY if CATEGORY[t] == category])
-    wrong = rng.sample([t for t in CATEGORY if CATEGORY[t] != category], 2)
-    choices = [right, *wrong]
-    rng.shuffle(choices)
-    keyword = f"answer{choices.index(right) + 1}"
+    categories = sorted(rng.sample(list(KINDS), 3), key=list(KINDS).index)  # listed in the fixed category order
+    choices = [rng.choice(KINDS[c]) for c in categories]
+    category = rng.choice(categories)
+    keyword = f"answer{categories.index(category) + 1}"
     lines = "\n\n".join(f"Answer{i}: the {thing}" for i, thing in enumerate(choices, start=1))
     instruction = (f"Please choose the correct answer to the question: which of these is a kind of {category}?\n\n"
                    f"{lines}\n\nAnswer format: answer1/answer2/answer3")
-    return _record(instruction, _keyword_answer([_category_fact(t) for t in choices], keyword), keyword)
+    return _record(instruction, _keyword_answer(keyword), keyword)
 
 
 def syn_option(rng: random.Random) -> dict:
-    x, y = _two_sizes(rng)
-    keyword = "option1" if _bigger(x, y) else "option2"
+    name = rng.choice(NAMES)
+    thing = rng.choice(list(CATEGORY))
+    options = sorted([CATEGORY[thing], rng.choice([c for c in KINDS if c != CATEGORY[thing]])],
+                     key=list(KINDS).index)  # listed in the fixed category order
+    keyword = f"option{options.index(CATEGORY[thing]) + 1}"
     instruction = (f"Please choose the correct answer to fill in the blank to complete the given sentence: "
-                   f"Of the {x} and the {y}, the _ is bigger.\n\nOption1: {x}\n\nOption2: {y}\n\n"
-                   f"Answer format: option1/option2")
-    return _record(instruction, _keyword_answer([_size_fact(x), _size_fact(y)], keyword), keyword)
+                   f"{name} has a {thing}, it is a kind of _.\n\nOption1: {options[0]}\n\nOption2: {options[1]}"
+                   f"\n\nAnswer format: option1/option2")
+    return _record(instruction, _keyword_answer(keyword, _kind_of(thing)), keyword)
 
 
 GENERATORS = {f.__name__: f for f in [syn_arith, syn_twostep, syn_choice, syn_bool, syn_pick, syn_option]}
