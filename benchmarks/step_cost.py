@@ -228,13 +228,14 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def machine_info(device: str, threads: int) -> dict:
+def machine_info(device: str, threads: int, load_at_start) -> dict:
     import torch
     import transformers
 
     info = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": threads, "torch": torch.__version__,
             "transformers": transformers.__version__, "python": platform.python_version(),
-            "platform": platform.platform(), "device": device, "load_average_at_start": list(os.getloadavg())}
+            "platform": platform.platform(), "device": device, "load_average_at_start": list(load_at_start),
+            "load_average_at_end": list(os.getloadavg())}
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
     return info
@@ -276,6 +277,7 @@ def run(args) -> dict:
     if args.device == "cpu" and torch.cuda.is_available():
         raise KdgridError("--device cpu on a machine with a GPU: the trainer would still place models on it; "
                           "hide the GPU with CUDA_VISIBLE_DEVICES= to measure the CPU")
+    load_at_start = os.getloadavg()
     torch.set_num_threads(args.threads)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     precision = args.dtype
@@ -365,7 +367,7 @@ def run(args) -> dict:
     return {
         "benchmark": "step_cost",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {**machine_info(args.device, args.threads), "load_average_at_end": list(os.getloadavg())},
+        "machine": machine_info(args.device, args.threads, load_at_start),
         "setup": {"student": args.student_config, "teacher": args.teacher_config, "student_params": student_params,
                   "teacher_params": teacher_params, "teacher_over_student_params": teacher_ratio,
                   "student_matmul_params": n_student, "teacher_matmul_params": n_teacher,
