@@ -24,8 +24,11 @@ extra rows are padding (no token has those ids), so both sides are sliced to the
 Memory: a straightforward loss materialises several [tokens, vocab] float32 tensors, forward and
 backward (gigabytes at a 152k vocabulary). Here the masked tokens are processed in chunks of rows;
 each chunk's loss and its gradient w.r.t. the student's logits are computed in the forward pass,
-and only that gradient (one tensor shaped like the student logits) is kept for backward. Backward
-may therefore run once per forward (no retain_graph double backward, no double differentiation).
+and only that gradient (one tensor shaped like the student logits) is kept for backward, which
+scales it in place (no double differentiation; a retain_graph backward run again still works).
+With a SparseTeacher only the [rows, k+1] bucket values go through autograd: per chunk, one softmax
+over the student's rows outside the teacher's top-k, gathers at the top-k ids, and the full-row
+gradient written in place (see `_sparse_chunk`).
 
 With a SparseTeacher the divergence is taken between the (k+1)-bucket collapsed distributions: the
 k cached tokens exactly, plus one "rest" bucket with the remaining probability mass, for teacher and
@@ -112,85 +115,140 @@ def _generalized_jsd_terms(beta: float) -> Callable:
     return terms
 
 
-# --- the two sides of one chunk of rows, as log-probabilities over the same buckets -------------
+# --- one chunk of rows: its weighted loss and the gradient w.r.t. the student's rows ------------
 
-def _dense_log_probs(student: torch.Tensor, teacher: torch.Tensor, temperature: float):
-    return torch.log_softmax(student / temperature, -1), torch.log_softmax(teacher / temperature, -1)
+def _dense_chunk(student, teacher, weights, terms, temperature, need_grad, zeros):
+    """student, teacher: [n, width] rows in the compute dtype -> (loss, gradient [n, width] or None)."""
+    with torch.enable_grad():
+        student.requires_grad_(need_grad)
+        log_q = torch.log_softmax(student / temperature, -1)
+        log_p = torch.log_softmax(teacher / temperature, -1)
+        loss = (terms(log_q, log_p, zeros) * weights).sum()
+    if not need_grad:
+        return loss.detach(), None
+    (grad,) = torch.autograd.grad(loss, student)
+    return loss.detach(), grad
 
 
-def _sparse_log_probs(student: torch.Tensor, topk_logits: torch.Tensor, topk_ids: torch.Tensor,
-                      rest_lse: torch.Tensor, temperature: float):
-    """(k+1)-bucket collapsed log-probabilities: the teacher's top-k tokens, then the rest.
+def _sparse_chunk(buffer, student_rows, chunk, topk_logits, topk_ids, rest_lse, weights, terms, temperature, need_grad):
+    """The (k+1)-bucket divergence of the student's rows `chunk` (n of them, `width` wide): the
+    teacher's top-k tokens, then the rest. Returns (loss, gradient w.r.t. the rows, a view into `buffer`, or None).
 
-    Cached ids at or beyond the student's width (teacher padding rows) get probability 0 on both
-    sides; both rows are renormalised over the buckets.
+    `buffer` is flat working memory; its first n * width elements take the student's rows divided by
+    the temperature (s), then the gradient. Its last element lies outside the rows: cached ids
+    outside [0, width) (teacher padding rows) read and write there and get probability 0 on both
+    sides. Ids within a row are distinct (a top-k). Both sides are renormalised over the buckets.
+
+    Only bucket values go through autograd. With the student's bucket logits (s at the top ids, and
+    rest = logsumexp of s over the other ids) and G = dloss/d(bucket logits), the chain rule gives
+    dloss/ds_j = G_b for the top id j of bucket b, and G_rest * softmax over the rest of s, at j, for
+    any other j.
     """
-    rows, width = student.shape
-    valid = topk_ids < width
-    safe_ids = topk_ids.masked_fill(~valid, 0)
-    covered = torch.zeros(rows, width, device=student.device).scatter_add_(1, safe_ids, valid.float()) > 0
-    has_rest = ~covered.all(1)
+    n, width = chunk.numel(), student_rows.shape[1]
+    work = buffer[: n * width].view(n, width)
+    if student_rows.dtype == work.dtype:
+        torch.index_select(student_rows, 0, chunk, out=work)
+    else:
+        work.copy_(student_rows.index_select(0, chunk))
+    if temperature != 1.0:
+        work.div_(temperature)
+    trash = buffer.numel() - 1
+    valid = (topk_ids >= 0) & (topk_ids < width)
+    has_rest = valid.sum(1) < width
+    row_starts = torch.arange(0, n * width, width, device=buffer.device)
+    flat_ids = torch.where(valid, row_starts[:, None] + topk_ids, trash).reshape(-1)
 
-    scaled = student / temperature
-    student_top = scaled.gather(1, safe_ids).masked_fill(~valid, -math.inf)
-    rest_logits = scaled.masked_fill(covered, -math.inf).masked_fill(~has_rest[:, None], 0.0)
-    student_rest = torch.logsumexp(rest_logits, 1).masked_fill(~has_rest, -math.inf)
-    log_q = torch.log_softmax(torch.cat([student_top, student_rest[:, None]], 1), 1)
+    student_top = buffer[flat_ids].view(n, -1).masked_fill(~valid, -math.inf)
+    buffer.index_fill_(0, flat_ids, -math.inf)
+    rest_max = work.amax(1)
+    no_rest = torch.isneginf(rest_max)  # the top-k covers the row, or the rest's logits are all -inf
+    buffer.index_fill_(0, torch.where(no_rest, row_starts, trash), 0.0)  # keeps such a row's softmax finite
+    rest_probs = torch.softmax(work, 1)  # 0 at the top ids
+    # the rest's log-sum-exp: at its largest logit, softmax = exp(rest_max - rest_lse)
+    student_rest = (rest_max - rest_probs.amax(1).log()).masked_fill(no_rest, -math.inf)
 
     teacher_top = (topk_logits / temperature).masked_fill(~valid, -math.inf)
     teacher_rest = rest_lse.masked_fill(~has_rest, -math.inf)
     log_p = torch.log_softmax(torch.cat([teacher_top, teacher_rest[:, None]], 1), 1)
-    return log_q, log_p
+    with torch.enable_grad():
+        student_buckets = torch.cat([student_top, student_rest[:, None]], 1).requires_grad_(need_grad)
+        loss = (terms(torch.log_softmax(student_buckets, 1), log_p, True) * weights).sum()
+    if not need_grad:
+        return loss.detach(), None
+    (bucket_grad,) = torch.autograd.grad(loss, student_buckets)
+    bucket_grad = bucket_grad / temperature  # s = logits / temperature
+    rest_factor = bucket_grad[:, -1].masked_fill(no_rest, 0.0)
+    torch.mul(rest_probs, rest_factor[:, None], out=work)
+    buffer.index_copy_(0, flat_ids, bucket_grad[:, :-1].reshape(-1))
+    return loss.detach(), work
 
 
 # --- chunked forward with the gradient computed on the fly --------------------------------------
 
 class _ChunkedDivergence(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, student_logits, teacher, rows, row_weights, terms, temperature, width, need_grad, zeros):
+    def forward(ctx, student_logits, teacher, rows, other_rows, row_weights, terms, temperature, width,
+                need_grad, zeros):
         vocab = student_logits.shape[-1]
-        student_rows = student_logits.reshape(-1, vocab)
-        if isinstance(teacher, SparseTeacher):
+        student_rows = student_logits.reshape(-1, vocab)[:, :width]
+        # float32 at least (float64 stays float64, for gradcheck)
+        compute_dtype = torch.promote_types(student_logits.dtype, torch.float32)
+        device = student_logits.device
+        sparse = isinstance(teacher, SparseTeacher)
+        if sparse:
             k = teacher.k
             teacher_rows = (teacher.topk_logits.reshape(-1, k), teacher.topk_ids.reshape(-1, k),
                             teacher.rest_lse.reshape(-1))
         else:
-            teacher_rows = teacher.reshape(-1, teacher.shape[-1])
-        grad = torch.zeros_like(student_logits) if need_grad else None
-        grad_rows = grad.view(-1, vocab) if need_grad else None
-        # float32 at least (float64 stays float64, for gradcheck)
-        compute_dtype = torch.promote_types(student_logits.dtype, torch.float32)
-        total = torch.zeros((), dtype=torch.float64, device=student_logits.device)
+            teacher_rows = teacher.reshape(-1, teacher.shape[-1])[:, :width]
+        grad_rows = None
+        if need_grad:
+            # every element is written once: the masked rows by their chunk, the others here
+            grad = torch.empty(student_logits.shape, dtype=student_logits.dtype, device=device)
+            grad_rows = grad.view(-1, vocab)
+            grad_rows.index_fill_(0, other_rows, 0.0)
+            if width < vocab:
+                grad_rows[:, width:] = 0.0
         step = max(1, CHUNK_ELEMENTS // width)
+        if sparse:
+            buffer = torch.empty(min(step, rows.numel()) * width + 1, dtype=compute_dtype, device=device)
+        total = torch.zeros((), dtype=torch.float64, device=device)
         for start in range(0, rows.numel(), step):
             chunk = rows[start:start + step]
-            student = student_rows[chunk, :width].to(compute_dtype)
-            with torch.enable_grad():
-                student.requires_grad_(need_grad)
-                if isinstance(teacher, SparseTeacher):
-                    topk_logits, topk_ids, rest_lse = (t[chunk] for t in teacher_rows)
-                    log_q, log_p = _sparse_log_probs(student, topk_logits.to(compute_dtype), topk_ids.long(),
-                                                     rest_lse.to(compute_dtype), temperature)
-                else:
-                    log_q, log_p = _dense_log_probs(student, teacher_rows[chunk, :width].to(compute_dtype), temperature)
-                chunk_loss = (terms(log_q, log_p, zeros) * row_weights[start:start + step].to(compute_dtype)).sum()
+            weights = row_weights[start:start + step].to(compute_dtype)
+            if sparse:
+                topk_logits, topk_ids, rest_lse = (t[chunk] for t in teacher_rows)
+                chunk_loss, chunk_grad = _sparse_chunk(
+                    buffer, student_rows, chunk, topk_logits.to(compute_dtype), topk_ids.long(),
+                    rest_lse.to(compute_dtype), weights, terms, temperature, need_grad)
+            else:
+                chunk_loss, chunk_grad = _dense_chunk(
+                    student_rows[chunk].to(compute_dtype), teacher_rows[chunk].to(compute_dtype), weights,
+                    terms, temperature, need_grad, zeros)
             if need_grad:
-                (chunk_grad,) = torch.autograd.grad(chunk_loss, student)
                 grad_rows[chunk, :width] = chunk_grad.to(grad.dtype)
-            total += chunk_loss.detach().double()
+            total += chunk_loss.double()
         if need_grad:
             ctx.save_for_backward(grad)
+        ctx.applied_scale = None
         return total.to(compute_dtype)
 
     @staticmethod
     def backward(ctx, grad_output):
-        (grad,) = ctx.saved_tensors
-        # The usual case (the KD loss is the whole objective) needs no second full-size tensor.
-        if grad_output.numel() == 1 and float(grad_output) == 1.0:
-            scaled = grad
-        else:
-            scaled = grad * grad_output.to(grad.dtype)
-        return scaled, None, None, None, None, None, None, None, None
+        nones = (None,) * 9
+        scale = float(grad_output)
+        if ctx.applied_scale is None:
+            (grad,) = ctx.saved_tensors
+            if scale != 0.0 and math.isfinite(scale):
+                # The first backward scales the saved gradient in place (the Trainer divides the loss
+                # by its accumulation steps): no second full-size tensor. A repeated backward
+                # (retain_graph, gradcheck) finds it here, already scaled.
+                if scale != 1.0:
+                    grad.mul_(scale)
+                ctx.applied_scale, ctx.scaled_grad = scale, grad
+                return grad, *nones
+            return grad * scale, *nones
+        return ctx.scaled_grad * (scale / ctx.applied_scale), *nones
 
 
 def shared_width(student_logits: torch.Tensor, teacher_logits: Teacher):
@@ -229,7 +287,8 @@ def _check_inputs(student_logits, teacher_logits, mask, temperature):
 
 
 def _token_weights(mask: torch.Tensor, per_sequence: bool):
-    """Flat indices of the masked tokens and each one's weight in the batch average."""
+    """Flat indices of the masked tokens, of the other tokens, and each masked token's weight in the
+    batch average."""
     mask = mask.to(torch.bool)
     counts = mask.sum(1)
     if per_sequence:
@@ -238,14 +297,15 @@ def _token_weights(mask: torch.Tensor, per_sequence: bool):
     else:
         weights = mask / counts.sum().clamp(min=1)
     rows = mask.reshape(-1).nonzero().squeeze(1)
-    return rows, weights.reshape(-1)[rows].float()
+    other_rows = (~mask).reshape(-1).nonzero().squeeze(1)
+    return rows, other_rows, weights.reshape(-1)[rows].float()
 
 
 def _divergence(terms, student_logits, teacher_logits, mask, temperature, per_sequence):
     _check_inputs(student_logits, teacher_logits, mask, temperature)
     teacher_width = teacher_logits.width if isinstance(teacher_logits, SparseTeacher) else teacher_logits.shape[-1]
     width = min(student_logits.shape[-1], teacher_width)
-    rows, weights = _token_weights(mask.to(student_logits.device), per_sequence)
+    rows, other_rows, weights = _token_weights(mask.to(student_logits.device), per_sequence)
     if isinstance(teacher_logits, SparseTeacher):
         if width < teacher_logits.width:
             raise KdgridError(f"the cached teacher rows cover {teacher_logits.width} logits, the student has "
@@ -260,7 +320,7 @@ def _divergence(terms, student_logits, teacher_logits, mask, temperature, per_se
         zeros = not (bool(torch.isfinite(student_logits[..., :width]).all())
                      and bool(torch.isfinite(teacher_logits[..., :width]).all()))
     need_grad = torch.is_grad_enabled() and student_logits.requires_grad
-    return _ChunkedDivergence.apply(student_logits, teacher_logits, rows, weights * temperature**2,
+    return _ChunkedDivergence.apply(student_logits, teacher_logits, rows, other_rows, weights * temperature**2,
                                     terms, float(temperature), width, need_grad, zeros)
 
 
