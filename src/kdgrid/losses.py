@@ -170,9 +170,14 @@ def _sparse_chunk(buffer, student_rows, chunk, topk_logits, topk_ids, rest_lse, 
     teacher_top = (topk_logits / temperature).masked_fill(~valid, -math.inf)
     teacher_rest = rest_lse.masked_fill(~has_rest, -math.inf)
     log_p = torch.log_softmax(torch.cat([teacher_top, teacher_rest[:, None]], 1), 1)
+    student_buckets = torch.cat([student_top, student_rest[:, None]], 1)
+    # Empty buckets (ids past the width, no rest, -inf logits) need the divergences' zero guards.
+    # Looking costs a host synchronisation per chunk, so only the CPU looks.
+    zeros = student_buckets.device.type != "cpu" or not bool(
+        torch.isfinite(student_buckets).all() & torch.isfinite(log_p).all())
     with torch.enable_grad():
-        student_buckets = torch.cat([student_top, student_rest[:, None]], 1).requires_grad_(need_grad)
-        loss = (terms(torch.log_softmax(student_buckets, 1), log_p, True) * weights).sum()
+        student_buckets.requires_grad_(need_grad)
+        loss = (terms(torch.log_softmax(student_buckets, 1), log_p, zeros) * weights).sum()
     if not need_grad:
         return loss.detach(), None
     (bucket_grad,) = torch.autograd.grad(loss, student_buckets)
