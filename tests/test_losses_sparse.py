@@ -176,3 +176,16 @@ def test_dense_path_keeps_unmasked_rows_and_padding_columns_at_zero():
     (0.5 * losses.forward_kl(x, t, mask)).backward()
     assert not x.grad[mask == 0].any() and not x.grad[..., 7:].any()
     assert x.grad[mask == 1][:, :7].abs().min() > 0
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.25])
+@pytest.mark.parametrize("sparse", [True, False], ids=["sparse", "dense"])
+def test_backward_hands_over_the_saved_gradient_without_a_copy(scale, sparse):
+    s, teacher, mask = make_case()
+    if not sparse:
+        teacher = torch.randn(s.shape[:2] + (teacher.width,))
+    x = s.clone().requires_grad_(True)
+    value = losses.forward_kl(x, teacher, mask, temperature=teacher.temperature if sparse else 1.0)
+    saved = value.grad_fn.saved_tensors[0].data_ptr()
+    (value * scale).backward()
+    assert x.grad.data_ptr() == saved

@@ -240,20 +240,21 @@ class _ChunkedDivergence(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output):
+        # The saved gradient is scaled in place (the Trainer divides the loss by its accumulation
+        # steps): no second full-size tensor, and no reference kept past backward, so a leaf's .grad
+        # can take the tensor itself. Through .data, which leaves the version counter alone, it stays
+        # unpackable for a repeated backward (retain_graph, gradcheck), which undoes the scale.
+        (grad,) = ctx.saved_tensors
         nones = (None,) * 9
         scale = float(grad_output)
-        if ctx.applied_scale is None:
-            (grad,) = ctx.saved_tensors
-            if scale != 0.0 and math.isfinite(scale):
-                # The first backward scales the saved gradient in place (the Trainer divides the loss
-                # by its accumulation steps): no second full-size tensor. A repeated backward
-                # (retain_graph, gradcheck) finds it here, already scaled.
-                if scale != 1.0:
-                    grad.mul_(scale)
-                ctx.applied_scale, ctx.scaled_grad = scale, grad
-                return grad, *nones
+        if ctx.applied_scale is not None:
+            return grad * (scale / ctx.applied_scale), *nones
+        if scale == 0.0 or not math.isfinite(scale):
             return grad * scale, *nones
-        return ctx.scaled_grad * (scale / ctx.applied_scale), *nones
+        if scale != 1.0:
+            grad.data.mul_(scale)
+        ctx.applied_scale = scale
+        return grad, *nones
 
 
 def shared_width(student_logits: torch.Tensor, teacher_logits: Teacher):
