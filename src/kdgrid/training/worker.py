@@ -24,4 +24,10 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Every output is written and the process group destroyed by now. Skip the interpreter's teardown:
+    # on CPU (gloo, DeepSpeed's shared-memory op) a library thread still joinable at exit sometimes
+    # aborts a finished process ("terminate called without an active exception"), failing a good run.
+    os._exit(code)
