@@ -243,7 +243,7 @@ def test_tiny_grid_exercises_every_method_and_ablation(tiny):
     assert max(sweep.values()) >= 3  # temperatures 1, 2, 5 of one pair and method
     assert {c.ablation for c in tiny.cells} >= {"sft-teacher", "base-teacher", "noise1", "noise5"}
     assert set(tiny.tiny_models) == {"tiny-xs", "tiny-s", "tiny-m", "tiny-l"}
-    assert sum(tiny.job_counts().values()) <= 120  # the demo's budget on two cores
+    assert sum(tiny.job_counts().values()) <= 135  # the demo's budget on two cores (measured: README)
     assert all(r.gpu == 0 and r.nproc == 1 and r.zero_stage == 0
                for r in map(tiny.resources_distill, tiny.cells))
 
