@@ -1,9 +1,9 @@
 """The conda environment the rules use pins versions that satisfy pyproject.toml's ranges."""
 
 import re
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 from packaging.requirements import Requirement
 
