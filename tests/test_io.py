@@ -14,10 +14,9 @@ def _mode(path) -> int:
 
 def test_a_failed_write_leaves_no_file_and_no_temporary(tmp_path):
     target = tmp_path / "out" / "scores.json"
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            tmp.write_text("half")
-            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed")
     assert not target.exists()
     assert list(target.parent.iterdir()) == []
 

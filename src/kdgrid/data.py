@@ -59,7 +59,8 @@ def _synthetic(family, seed, n_train, n_test, tasks):
 
 
 def _llm_adapters(family, seed, n_train, n_test, tasks, local, download_dir):
-    from .realdata import load_source_file, sha256_file, source_pin, test_path, train_path
+    from .io import sha256_file
+    from .realdata import load_source_file, source_pin, test_path, train_path
 
     files = {}
     train, file = load_source_file(train_path(family), local, download_dir)

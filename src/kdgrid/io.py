@@ -6,6 +6,7 @@ once complete, so a killed job leaves either the old file or no file, never a pa
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -94,3 +95,11 @@ def read_jsonl(path: str | os.PathLike) -> list:
             except json.JSONDecodeError as e:
                 raise KdgridError(f"{path}, line {i}: not valid JSON ({e})") from e
     return rows
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -30,7 +30,7 @@ from importlib import resources
 from pathlib import Path
 
 from .errors import KdgridError, unknown
-from .io import atomic_path, write_json
+from .io import atomic_path, sha256_file, write_json
 from .records import validate_records
 
 DOWNLOAD_TIMEOUT_S = 15
@@ -68,14 +68,6 @@ def default_download_dir() -> Path:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def offline_message(url: str, reason: str) -> str:

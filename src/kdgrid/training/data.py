@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 from ..errors import KdgridError
-from ..io import atomic_path, read_json
+from ..io import atomic_path, read_json, sha256_file
 from ..prompt import build_training_text
 
 TOKEN_SCOPES = ("all", "response")
@@ -79,20 +79,12 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return h.hexdigest()
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def tokenized_cache_path(data_path: str | os.PathLike, tokenizer, cutoff: int, token_scope: str) -> Path:
     """Where the tokenised form of `data_path` is cached: $KDGRID_CACHE_DIR/tokenized, or a
     `.kdgrid_cache/` folder beside the data file, named by a hash of everything that decides it."""
     data_path = Path(data_path)
     key = hashlib.sha256(
-        json.dumps([_file_sha256(data_path), tokenizer_fingerprint(tokenizer), cutoff, token_scope]).encode()
+        json.dumps([sha256_file(data_path), tokenizer_fingerprint(tokenizer), cutoff, token_scope]).encode()
     ).hexdigest()[:24]
     root = Path(os.environ["KDGRID_CACHE_DIR"]) / "tokenized" if os.environ.get("KDGRID_CACHE_DIR") else (
         data_path.parent / ".kdgrid_cache"
