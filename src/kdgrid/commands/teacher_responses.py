@@ -18,7 +18,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from ..errors import KdgridError
     from ..io import write_json
-    from ..training.data import load_records
+    from ..records import load_records
     from ..training.responses import greedy_responses
 
     if args.max_new_tokens < 1 or args.batch_size < 1:

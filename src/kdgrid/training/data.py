@@ -17,25 +17,11 @@ import os
 from pathlib import Path
 
 from ..errors import KdgridError
-from ..io import atomic_path, read_json, sha256_file
+from ..io import atomic_path, sha256_file
 from ..prompt import build_training_text
+from ..records import load_records
 
 TOKEN_SCOPES = ("all", "response")
-RECORD_KEYS = ("instruction", "output")
-
-
-def load_records(path: str | os.PathLike) -> list[dict]:
-    """The records of an LLM-Adapters JSON file, checked for the keys training needs."""
-    records = read_json(path)
-    if not isinstance(records, list) or not records:
-        raise KdgridError(f"{path}: expected a non-empty JSON list of records")
-    for i, record in enumerate(records):
-        if not isinstance(record, dict):
-            raise KdgridError(f"{path}: record {i} is not a JSON object")
-        for key in RECORD_KEYS:
-            if not isinstance(record.get(key), str):
-                raise KdgridError(f"{path}: record {i} has no string {key!r}")
-    return records
 
 
 def tokenize_records(records: list[dict], tokenizer, cutoff: int, token_scope: str = "all") -> list[dict]:
