@@ -65,6 +65,17 @@ def test_specs_span_16x_and_counts_are_exact():
         assert sum(p.numel() for p in model.parameters()) == counts[name]
 
 
+def test_weights_are_drawn_at_the_tiny_init_scale():
+    """Qwen2's 0.02 left the tiny models' attention uniform for hundreds of steps (docs/tiny_world.md)."""
+    from kdgrid.tiny_models import INIT_STD
+
+    for name in ("tiny-xs", "tiny-l"):
+        model = build_tiny_model(name)
+        assert model.config.initializer_range == INIT_STD == 0.05
+        std = model.model.layers[0].mlp.up_proj.weight.std().item()
+        assert abs(std - INIT_STD) < 0.005, (name, std)
+
+
 def test_teachers_have_wider_logits_than_students():
     tok_len = len(build_tokenizer())
     student, teacher = TINY_SPECS["tiny-xs"].vocab_size, TINY_SPECS["tiny-l"].vocab_size
