@@ -87,7 +87,7 @@ def test_keyword_rule_first_occurrence_lower_cased():
     assert answers.extract("piqa", "solution2 rather than solution1") == "solution2"
     assert answers.extract("winogrande", "Option1") == "option1"
     assert answers.extract("hellaswag", "ending5 does not exist") is None
-    assert answers.extract("syn_pick", "answer4 answer2") == "answer2"  # syn_pick has answer1..answer3
+    assert answers.extract("syn_pick", "answer5 answer4") == "answer4"  # syn_pick has answer1..answer4
     assert answers.is_correct("social_i_qa", "the correct answer is answer5", "answer5")
 
 

@@ -54,6 +54,46 @@ def test_syn_choice_rationale_has_no_capital_a_to_e_before_the_letter():
         assert not any(c in "ABCDE" for c in before), r
 
 
+def _thing_named(instruction: str) -> str:
+    from kdgrid.synthetic import CATEGORY
+
+    named = [t for t in CATEGORY if f" has a {t}" in instruction]
+    assert len(named) == 1, instruction
+    return named[0]
+
+
+def test_commonsense_answers_are_a_lookup_of_the_one_thing_named():
+    """The design the tiny models can learn in the demo's budget (docs/tiny_world.md): the rationale
+    and, for syn_bool and syn_pick, the keyword follow from the thing alone."""
+    from kdgrid.synthetic import CATEGORY
+
+    train, tests = generate_family("commonsense", seed=5, n_train=300, n_test=100)
+    by_thing: dict = {}
+    for task, records in [("train", train)] + list(tests.items()):
+        for r in records:
+            thing = _thing_named(r["instruction"])
+            assert r["output"].startswith(f"it is a kind of {CATEGORY[thing]}, so the correct answer is "), r
+            if task in ("syn_bool", "syn_pick"):
+                assert by_thing.setdefault((task, thing), r["answer"]) == r["answer"], r
+    assert {a for (task, _), a in by_thing.items() if task == "syn_pick"} == {f"answer{i}" for i in range(1, 5)}
+    bools = [r["answer"] for r in tests["syn_bool"]]
+    assert 0.3 < bools.count("true") / len(bools) < 0.7
+
+
+def test_math_rationales_use_a_small_table_of_one_digit_facts():
+    import re
+
+    train, _ = generate_family("math", seed=5, n_train=900, n_test=0)
+    facts = set()
+    for r in train:
+        for a, op, b, c in re.findall(r"(\d+) ([-+*]) (\d+) = (\d+)", r["output"]):
+            assert int(c) == {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b)}[op], r
+            assert int(c) >= 1, r
+            facts.add((a, op, b))
+    assert 60 <= len(facts) <= 130  # 36 sums, 9 products, the differences of both tasks (100 here)
+    assert all(int(a) <= 12 for a, op, b in facts)  # the second step of syn_twostep starts from a sum
+
+
 def test_synthetic_is_deterministic_and_seeded():
     a = generate_family("commonsense", seed=1, n_train=30, n_test=10)
     b = generate_family("commonsense", seed=1, n_train=30, n_test=10)

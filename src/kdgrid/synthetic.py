@@ -2,22 +2,27 @@
 
 math (like Math10K and its six test sets): word problems answered with a short rationale ending in
 "The answer is N", scored on the last number of the generation:
-- syn_arith: one operation (+, -, *) on small numbers;
-- syn_twostep: two operations in a row;
+- syn_arith: one operation (+, -, *) on one-digit numbers;
+- syn_twostep: an addition, then a subtraction of its result;
 - syn_choice: a one-step problem with five options (A)-(E), answered with the letter (AQuA-like);
   no capital A-E appears in its rationale before the answer letter (the paper's AQuA rule reads
   the first one).
+The rationale writes each equation ("3 + 4 = 7"), so an answer is a table of arithmetic facts the
+model must learn; the numbers are kept small (sums of 1-6, differences below 13, products of 2-4),
+about 100 facts, so the larger tiny models learn many of them within the demo's budget and the
+smallest few.
 
 commonsense (like Commonsense15K and its eight test sets): questions about a closed world of four
-categories of five things each, answered in the paper's keyword format; the keyword is the first
-keyword in the output. Options are listed in a fixed category order (animal, fruit, tool, vehicle),
-so the keyword follows from which categories the prompt names, without matching positions:
-- syn_bool: "X has a T. is it a kind of C?", true/false, after "it is a kind of C'" (BoolQ-like);
-- syn_pick: which of three things (of three categories) is a C, answer1-answer3 (SIQA/ARC-like);
-- syn_option: fill in the blank with the category of a thing, option1/option2 (WinoGrande-like).
-
-The commonsense rationales never copy a word from the prompt: tiny models trained for a few
-hundred steps do not learn copying (the math equations do; see the measurements). Measured difficulty: docs/tiny_world.md.
+categories of five things each, answered in the paper's keyword format after the rationale "it is
+a kind of C"; the keyword is the first keyword in the output:
+- syn_bool: "X has a T. can X eat it?", true/false (BoolQ-like): true for the fruits;
+- syn_pick: what kind of thing T is, with the four categories always listed as answer1-answer4 in
+  the same order (SIQA-like);
+- syn_option: fill in the blank with the category of a thing, option1/option2, the two options
+  listed in the fixed category order animal, fruit, tool, vehicle (WinoGrande-like).
+Each answer is a lookup of the one thing the prompt names, a fixed number of tokens before the
+response: the knowledge is which thing is of which kind, not how to match words across the prompt
+(which the tiny models do not learn within the budget; docs/tiny_world.md has the measurements).
 
 `generate_family(family, seed, n_train, n_test)` returns one training set mixing the family's
 tasks and one test set per task; no test item's (instruction, input) appears in the training set,
@@ -66,15 +71,15 @@ def _one_step(rng: random.Random) -> tuple[str, str, int]:
     item = rng.choice(ITEMS)
     op = rng.choice("+-*")
     if op == "+":
-        a, b = rng.randint(2, 9), rng.randint(2, 9)
+        a, b = rng.randint(1, 6), rng.randint(1, 6)
         question = f"{name} has {a} {item}. Then {name} gets {b} more {item}. How many {item} does {name} have now?"
         return question, f"{a} + {b} = {a + b}", a + b
     if op == "-":
-        a = rng.randint(4, 18)
-        b = rng.randint(2, a - 2)
+        a = rng.randint(3, 9)
+        b = rng.randint(1, a - 1)
         question = f"{name} has {a} {item}. Then {name} gives {b} {item} to {friend}. How many {item} does {name} have left?"
         return question, f"{a} - {b} = {a - b}", a - b
-    a, b = rng.randint(2, 5), rng.randint(2, 5)
+    a, b = rng.randint(2, 4), rng.randint(2, 4)
     container = rng.choice(CONTAINERS)
     question = f"{name} has {a} {container} with {b} {item} in each. How many {item} does {name} have?"
     return question, f"{a} * {b} = {a * b}", a * b
@@ -88,20 +93,12 @@ def syn_arith(rng: random.Random) -> dict:
 def syn_twostep(rng: random.Random) -> dict:
     name, friend = rng.sample(NAMES, 2)
     item = rng.choice(ITEMS)
-    a, b = rng.randint(2, 9), rng.randint(2, 9)
-    if rng.random() < 0.5:
-        c = rng.randint(2, a + b - 2)
-        question = (f"{name} has {a} {item}. Then {name} gets {b} more {item} and gives {c} {item} to {friend}. "
-                    f"How many {item} does {name} have left?")
-        equations = f"{a} + {b} = {a + b}. {a + b} - {c} = {a + b - c}"
-        result = a + b - c
-    else:
-        c = rng.randint(2, 9)
-        question = (f"{name} has {a} {item} and {friend} has {b} {item}. Then they each get {c} more {item}. "
-                    f"How many {item} do they have together?")
-        equations = f"{a} + {b} = {a + b}. {c} * 2 = {2 * c}. {a + b} + {2 * c} = {a + b + 2 * c}"
-        result = a + b + 2 * c
-    return _record(question, f"{equations}. The answer is {result}", str(result))
+    a, b = rng.randint(1, 6), rng.randint(1, 6)
+    c = rng.randint(1, a + b - 1)
+    question = (f"{name} has {a} {item}. Then {name} gets {b} more {item} and gives {c} {item} to {friend}. "
+                f"How many {item} does {name} have left?")
+    result = a + b - c
+    return _record(question, f"{a} + {b} = {a + b}. {a + b} - {c} = {result}. The answer is {result}", str(result))
 
 
 def syn_choice(rng: random.Random) -> dict:
@@ -129,23 +126,22 @@ def _kind_of(thing: str) -> str:
 
 def syn_bool(rng: random.Random) -> dict:
     name = rng.choice(NAMES)
-    thing = rng.choice(list(CATEGORY))
-    category = CATEGORY[thing] if rng.random() < 0.5 else rng.choice([c for c in KINDS if c != CATEGORY[thing]])
-    answer = "true" if CATEGORY[thing] == category else "false"
+    edible = rng.random() < 0.5
+    thing = rng.choice(KINDS["fruit"] if edible else [t for t in CATEGORY if CATEGORY[t] != "fruit"])
+    answer = "true" if edible else "false"
     instruction = (f"Please answer the following question with true or false, question: {name} has a {thing}. "
-                   f"is it a kind of {category}?\n\nAnswer format: true/false")
+                   f"can {name} eat it?\n\nAnswer format: true/false")
     return _record(instruction, _keyword_answer(answer, _kind_of(thing)), answer)
 
 
 def syn_pick(rng: random.Random) -> dict:
-    categories = sorted(rng.sample(list(KINDS), 3), key=list(KINDS).index)  # listed in the fixed category order
-    choices = [rng.choice(KINDS[c]) for c in categories]
-    category = rng.choice(categories)
-    keyword = f"answer{categories.index(category) + 1}"
-    lines = "\n\n".join(f"Answer{i}: the {thing}" for i, thing in enumerate(choices, start=1))
-    instruction = (f"Please choose the correct answer to the question: which of these is a kind of {category}?\n\n"
-                   f"{lines}\n\nAnswer format: answer1/answer2/answer3")
-    return _record(instruction, _keyword_answer(keyword), keyword)
+    name = rng.choice(NAMES)
+    thing = rng.choice(list(CATEGORY))
+    keyword = f"answer{list(KINDS).index(CATEGORY[thing]) + 1}"
+    lines = "\n\n".join(f"Answer{i}: {category}" for i, category in enumerate(KINDS, start=1))
+    instruction = (f"Please choose the correct answer to the question: {name} has a {thing}. what kind of thing is it?"
+                   f"\n\n{lines}\n\nAnswer format: answer1/answer2/answer3/answer4")
+    return _record(instruction, _keyword_answer(keyword, _kind_of(thing)), keyword)
 
 
 def syn_option(rng: random.Random) -> dict:

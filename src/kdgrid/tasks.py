@@ -49,7 +49,7 @@ _TASKS = [
     Task("syn_twostep", "math", "number", synthetic=True),
     Task("syn_choice", "math", "letter", synthetic=True),
     Task("syn_bool", "commonsense", "keyword", ("true", "false"), synthetic=True),
-    Task("syn_pick", "commonsense", "keyword", _kw("answer", 3), synthetic=True),
+    Task("syn_pick", "commonsense", "keyword", _kw("answer", 4), synthetic=True),
     Task("syn_option", "commonsense", "keyword", _kw("option", 2), synthetic=True),
 ]
 
