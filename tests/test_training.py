@@ -206,14 +206,14 @@ def test_student_sft_loss_falls_and_model_loads(world, finetune):
 def test_distill_each_method_loss_falls(world, teacher, method):
     # tiny-xs (768 logits) from tiny-m (896): the shared-width slicing runs on every step.
     cell = train(world, f"kd-{method}", "--mode", "distill", "--method", method, "--model", str(world / "tiny-xs"),
-                 "--teacher", str(teacher / "model"), "--finetune", "full", "--lr", "1e-2", "--max-steps", "10",
+                 "--teacher", str(teacher / "model"), "--finetune", "full", "--lr", "1e-2", "--max-steps", "20",
                  "--gkd-max-new-tokens", "16", *QUICK)
     rows = log_rows(cell)
     assert rows[0]["teacher_source"] == "model"
     losses = step_losses(cell)
     assert all(math.isfinite(loss) and loss >= 0 for loss in losses)
     # tvd (<= 1), the generalized JSD (<= ln 2) and skew_kl (<= ln 10) are bounded and start near their
-    # bound against a random student, so they fall by a few percent in 10 steps (fkl by 25%)
+    # bound against a random student, so they fall by a few percent in 20 steps (tvd by 1.2% in 10)
     assert sum(losses[-3:]) / 3 < 0.985 * sum(losses[:3]) / 3, losses
     assert min(losses[-3:]) < min(losses[:3]), losses
 
