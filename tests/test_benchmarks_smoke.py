@@ -93,3 +93,23 @@ def test_run_all_refuses_an_unknown_benchmark(tmp_path):
     run_all = load_script("run_all")
     with pytest.raises(SystemExit, match="unknown benchmark"):
         run_all.main(["--only", "step_costs", "--out-dir", str(tmp_path)])
+
+
+def test_tiny_difficulty_runs_the_demo_sft_and_scores_it(tmp_path):
+    """The harness docs/tiny_world.md was measured with: a 2-step run on the CI config."""
+    from kdgrid.tiny_models import INIT_STD
+
+    out = tmp_path / "difficulty.json"
+    bench = load_script("tiny_difficulty")
+    assert bench.main(["--family", "math", "--models", "tiny-xs", "--seeds", "1,2", "--init-std", "0.03",
+                       "--config", str(ROOT / "config" / "tiny-ci.yaml"), "--out", str(out)]) == 0
+    from kdgrid import tiny_models
+
+    assert tiny_models.INIT_STD == INIT_STD  # restored after the run
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["model"], r["seed"], r["init_std"]) for r in rows] == [("tiny-xs", 1, 0.03), ("tiny-xs", 2, 0.03)]
+    for r in rows:
+        assert set(r["accuracy"]) == {"syn_arith", "syn_twostep", "syn_choice"}
+        assert all(0 <= v <= 100 for v in r["accuracy"].values())
+        assert r["average"] == pytest.approx(sum(r["accuracy"].values()) / 3)
+        assert 0 < r["majority"] <= 100
