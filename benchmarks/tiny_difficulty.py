@@ -69,6 +69,7 @@ def main(argv=None) -> int:
     import torch
 
     from kdgrid import tiny_models
+    from kdgrid.errors import KdgridError
 
     threads, init_std = torch.get_num_threads(), tiny_models.INIT_STD
     torch.set_num_threads(1)
@@ -76,6 +77,9 @@ def main(argv=None) -> int:
         tiny_models.INIT_STD = args.init_std
     try:
         return measure(args)
+    except KdgridError as error:
+        print(f"tiny_difficulty: {error}", file=sys.stderr)
+        return 2
     finally:
         torch.set_num_threads(threads)
         tiny_models.INIT_STD = init_std
@@ -84,7 +88,9 @@ def main(argv=None) -> int:
 def measure(args) -> int:
     from kdgrid import tiny_models
     from kdgrid.cli import main as kdgrid
+    from kdgrid.errors import KdgridError
     from kdgrid.grid import expand_grid, load_config
+    from kdgrid.io import write_json
     from kdgrid.synthetic import generate_family
 
     config = load_config(args.config)
@@ -95,6 +101,9 @@ def measure(args) -> int:
         tmp = Path(tmp)
         for family in args.family.split(","):
             data = config["families"][family]["data"]
+            if data.get("source") != "synthetic":
+                raise KdgridError(f"{args.config}: families.{family}.data.source is {data.get('source')!r}; "
+                                  f"this benchmark measures the synthetic tiny world only")
             train, tests = generate_family(family, data["seed"], data["n_train"], data["n_test"])
             (tmp / f"{family}.json").write_text(json.dumps(train))
             for name in args.models.split(","):
@@ -117,7 +126,7 @@ def measure(args) -> int:
                           + f"  | avg {row['average']:5.1f} (majority {row['majority']:.1f})  train {train_s:.0f} s",
                           flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"config": args.config, "rows": rows}, indent=1))
+    write_json(args.out, {"config": args.config, "rows": rows})
     return 0
 
 

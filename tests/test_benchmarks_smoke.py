@@ -113,3 +113,9 @@ def test_tiny_difficulty_runs_the_demo_sft_and_scores_it(tmp_path):
         assert all(0 <= v <= 100 for v in r["accuracy"].values())
         assert r["average"] == pytest.approx(sum(r["accuracy"].values()) / 3)
         assert 0 < r["majority"] <= 100
+
+
+def test_tiny_difficulty_refuses_real_data_naming_the_key(capsys):
+    bench = load_script("tiny_difficulty")
+    assert bench.main(["--config", str(ROOT / "config.yaml"), "--family", "math", "--models", "tiny-xs"]) == 2
+    assert "families.math.data.source is 'llm-adapters'" in capsys.readouterr().err
