@@ -3,9 +3,10 @@
     python benchmarks/tiny_difficulty.py [--family math,commonsense] [--models tiny-xs,tiny-s,tiny-m,tiny-l]
         [--seeds 1] [--init-std 0.05] [--config config/tiny.yaml] [--out benchmarks/out/tiny_difficulty.json]
 
-For each (family, model, seed): materialise the tiny model (initialised at --init-std, default
+For each (family, model, seed): prepare the family's data as the workflow does (the config's
+synthetic seed, sizes and tasks), materialise the tiny model (initialised at --init-std, default
 kdgrid.tiny_models.INIT_STD), run `kdgrid train --mode sft` in this process with the config's
-training flags on the config's synthetic data, and score greedy generations on the test sets with
+training flags, and score greedy generations on the test sets with
 kdgrid.answers (the rule the evaluation uses). Prints accuracy per task, the average, the majority-
 answer baseline and the training time; writes them as JSON. Used to tune the world
 (docs/tiny_world.md): the issue's target is a tiny teacher clearly above the tiny students.
@@ -14,7 +15,6 @@ answer baseline and the training time; writes them as JSON. Used to tune the wor
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -88,10 +88,11 @@ def main(argv=None) -> int:
 def measure(args) -> int:
     from kdgrid import tiny_models
     from kdgrid.cli import main as kdgrid
-    from kdgrid.errors import KdgridError
+    from kdgrid.data import prepare_family
+    from kdgrid.errors import KdgridError, unknown
     from kdgrid.grid import expand_grid, load_config
     from kdgrid.io import write_json
-    from kdgrid.synthetic import generate_family
+    from kdgrid.records import load_records
 
     config = load_config(args.config)
     grid = expand_grid(config)
@@ -100,19 +101,23 @@ def measure(args) -> int:
     with tempfile.TemporaryDirectory(prefix="kdgrid-difficulty-") as tmp:
         tmp = Path(tmp)
         for family in args.family.split(","):
-            data = config["families"][family]["data"]
+            if family not in config["families"]:
+                raise unknown(f"family of {args.config}", family, config["families"])
+            spec = config["families"][family]
+            data = spec["data"]
             if data.get("source") != "synthetic":
                 raise KdgridError(f"{args.config}: families.{family}.data.source is {data.get('source')!r}; "
                                   f"this benchmark measures the synthetic tiny world only")
-            train, tests = generate_family(family, data["seed"], data["n_train"], data["n_test"])
-            (tmp / f"{family}.json").write_text(json.dumps(train))
+            folder = prepare_family(family, "synthetic", tmp / family, seed=data["seed"], n_train=data["n_train"],
+                                    n_test=data["n_test"], tasks=spec.get("tasks"), limit_test=data.get("limit_test"))
+            tests = {f.stem: load_records(f) for f in sorted((folder / "test").glob("*.json"))}
             for name in args.models.split(","):
                 tiny_models.materialise(name, tmp / name)
                 for seed in args.seeds.split(","):
                     out = tmp / f"{family}-{name}-{seed}"
                     started = time.perf_counter()
                     code = kdgrid(["train", "--mode", "sft", "--model", str(tmp / name), "--data",
-                                   str(tmp / f"{family}.json"), "--out", str(out), "--seed", seed,
+                                   str(folder / "train.json"), "--out", str(out), "--seed", seed,
                                    *grid.training_args(family)])
                     if code != 0:
                         return code

@@ -91,7 +91,12 @@ def test_math_rationales_use_a_small_table_of_one_digit_facts():
             assert int(c) >= 1, r
             facts.add((a, op, b))
     assert 60 <= len(facts) <= 130  # 36 sums, 9 products, the differences of both tasks (100 here)
-    assert all(int(a) <= 12 for a, op, b in facts)  # the second step of syn_twostep starts from a sum
+    sums = {(int(a), int(b)) for a, op, b in facts if op == "+"}
+    products = {(int(a), int(b)) for a, op, b in facts if op == "*"}
+    differences = {(int(a), int(b)) for a, op, b in facts if op == "-"}
+    assert sums == {(a, b) for a in range(1, 7) for b in range(1, 7)}
+    assert products == {(a, b) for a in range(2, 5) for b in range(2, 5)}
+    assert all(1 <= b < a <= 12 for a, b in differences)  # the second step of syn_twostep starts from a sum
 
 
 def test_synthetic_is_deterministic_and_seeded():
@@ -341,3 +346,9 @@ def test_prepare_refuses_to_replace_a_foreign_directory(tmp_path):
     out = prepare_family("math", "synthetic", tmp_path / "ok", n_train=3, n_test=1)
     prepare_family("math", "synthetic", out, n_train=3, n_test=2, tasks=["syn_arith"])  # replaces its own
     assert sorted(p.name for p in (out / "test").iterdir()) == ["syn_arith.json"]
+
+
+def test_commonsense_training_set_beyond_the_world_is_refused_with_advice():
+    # syn_bool and syn_pick have 400 distinct prompts each (20 names x 20 things)
+    with pytest.raises(KdgridError, match="syn_bool: cannot draw 400 distinct items .*ask for fewer"):
+        generate_family("commonsense", seed=0, n_train=1200, n_test=30)

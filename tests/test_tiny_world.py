@@ -60,5 +60,7 @@ def test_demo_sft_teacher_is_clearly_above_the_smallest_student(tmp_path):
         torch.set_num_threads(threads)
     majority = sum(max(sum(r["answer"] == a for r in rs) for a in {r["answer"] for r in rs}) / len(rs)
                    for rs in tests.values()) * 100 / len(tests)
+    # measured here (benchmarks/tiny_difficulty.py, seed 1): tiny-m 97.8, tiny-xs 61.1, majority 44.4;
+    # seeds 2 and 3: tiny-m 100 and 100, tiny-xs 44.4 and 44.4
     assert scores["tiny-m"] >= majority + 25, (scores, majority)
     assert scores["tiny-m"] >= scores["tiny-xs"] + 20, scores

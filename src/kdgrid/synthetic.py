@@ -23,6 +23,8 @@ a kind of C"; the keyword is the first keyword in the output:
 Each answer is a lookup of the one thing the prompt names, a fixed number of tokens before the
 response: the knowledge is which thing is of which kind, not how to match words across the prompt
 (which the tiny models do not learn within the budget; docs/tiny_world.md has the measurements).
+syn_bool and syn_pick have 400 distinct prompts each (20 names x 20 things), which bounds a
+commonsense training set at about 1,100 records.
 
 `generate_family(family, seed, n_train, n_test)` returns one training set mixing the family's
 tasks and one test set per task; no test item's (instruction, input) appears in the training set,
