@@ -1,20 +1,11 @@
 """Smoke runs of benchmarks/step_cost.py and benchmarks/run_all.py: tiny sizes, the JSON's shape and
 internal consistency. Timings are not checked (benchmarks are not timed tests)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from benchmark_support import ROOT, load_script
 
 
 @pytest.fixture(scope="module")
