@@ -20,6 +20,7 @@ from functools import cached_property
 from .analysis.captions import FIGURES
 from .errors import KdgridError, unknown
 from .tasks import tasks_of
+from .training.config import LOSS_VERSIONS
 
 METHODS = ("fkl", "rkl", "gkd", "skew_kl", "tvd", "seqkd")
 OFF_POLICY_METHODS = ("fkl", "rkl", "skew_kl", "tvd")  # plus gkd with lmbda = 0
@@ -496,6 +497,8 @@ class Grid:
                 args += ["--teacher-cache", self.out(cache.path)]
         for key in KD_KEYS_OF_METHOD[cell.method]:
             args += [f"--{key.replace('_', '-')}", str(self.kd[key])]
+        if cell.method == "gkd" and float(self.kd["beta"]) != 0.5:  # where gkd's loss versions differ
+            args += ["--loss-version", str(LOSS_VERSIONS["gkd"])]
         return args
 
     def distill_data(self, cell: Cell) -> str:
