@@ -164,6 +164,8 @@ def test_paper_test_set_fixtures_load(task):
 
 
 # --- real data: local mode ----------------------------------------------------------------------
+# The fixtures are excerpts, knowingly not the pinned files: these tests read them with verify=False
+# (tests/test_data_pinned.py checks the verification itself).
 
 def fixture_train(family: str) -> list:
     """A stand-in training set built from the fixture test records (shape only, not the real set)."""
@@ -189,28 +191,36 @@ PRESENT = {"math": ["gsm8k", "SVAMP", "AQuA"], "commonsense": ["boolq", "piqa", 
 @pytest.mark.parametrize("family", ["math", "commonsense"])
 def test_prepare_from_local_folder(tmp_path, family, flat):
     local = llm_adapters_folder(tmp_path / "src", flat)
-    out = prepare_family(family, "llm-adapters", tmp_path / "out", tasks=PRESENT[family], local=local, limit_test=3)
-    assert load_records(out / "train.json") == load_records(realdata.find_local(realdata.train_path(family), local))
+    out = prepare_family(family, "llm-adapters", tmp_path / "out", tasks=PRESENT[family], local=local, limit_test=3,
+                         verify=False)
+    train = realdata.find_local(realdata.train_path(family), local, verify=False)
+    assert load_records(out / "train.json") == load_records(train.file)
     for task in PRESENT[family]:
         expected = load_records(FIXTURES / task / "test.json")[:3]
         assert load_records(out / "test" / f"{task}.json") == expected
     source = json.loads((out / "source.json").read_text())
     assert source["details"]["commit"] == realdata.source_pin()["commit"]
-    assert set(source["details"]["sha256"]) == {realdata.train_path(family)} | {realdata.test_path(t) for t in PRESENT[family]}
+    paths = {realdata.train_path(family)} | {realdata.test_path(t) for t in PRESENT[family]}
+    assert set(source["details"]["sha256"]) == paths
+    assert source["data_verified"] is False and source["details"]["verify"] is False
+    assert source["details"]["git_blob"][train.path] == train.git_blob == realdata.git_blob_id(train.file.read_bytes())
+    assert set(source["details"]["verification"].values()) == {realdata.UNVERIFIED}
 
 
 def test_local_missing_file_names_what_was_looked_for(tmp_path):
     local = llm_adapters_folder(tmp_path / "src")
     with pytest.raises(KdgridError, match=r"dataset/SingleEq/test\.json not found in local folder"):
-        prepare_family("math", "llm-adapters", tmp_path / "out", local=local)
+        prepare_family("math", "llm-adapters", tmp_path / "out", local=local, verify=False)
     assert not (tmp_path / "out").exists()
 
 
 def test_local_n_train_is_a_seeded_subset_in_order(tmp_path):
     local = llm_adapters_folder(tmp_path / "src")
-    full = load_records(realdata.find_local(realdata.train_path("math"), local))
-    a = prepare_family("math", "llm-adapters", tmp_path / "a", tasks=["AQuA"], local=local, n_train=5, seed=1)
-    b = prepare_family("math", "llm-adapters", tmp_path / "b", tasks=["AQuA"], local=local, n_train=5, seed=1)
+    full = load_records(realdata.find_local(realdata.train_path("math"), local, verify=False).file)
+    a = prepare_family("math", "llm-adapters", tmp_path / "a", tasks=["AQuA"], local=local, n_train=5, seed=1,
+                       verify=False)
+    b = prepare_family("math", "llm-adapters", tmp_path / "b", tasks=["AQuA"], local=local, n_train=5, seed=1,
+                       verify=False)
     sub = load_records(a / "train.json")
     assert tree_digest(a) == tree_digest(b)
     positions = [full.index(r) for r in sub]
@@ -231,15 +241,40 @@ def fake_http(monkeypatch):
         return served[path]
 
     monkeypatch.setattr(realdata, "http_get", http_get)
+    # the fixtures are excerpts: pin them (by default) to their own ids, as if they were the pinned files
+    pin = dict(realdata.source_pin(), files={})
+    monkeypatch.setattr(realdata, "source_pin", lambda: pin)
     for family in ("math", "commonsense"):
         served[realdata.train_path(family)] = json.dumps(fixture_train(family)).encode()
     for task_dir in FIXTURES.iterdir():
         served[realdata.test_path(task_dir.name)] = (task_dir / "test.json").read_bytes()
-    return served, calls
+    pin["files"].update({path: {"git_blob": realdata.git_blob_id(data), "size": len(data)} for path, data in served.items()})
+    return served, calls, pin["files"]
 
 
-def test_download_records_sha256_on_first_use_and_checks_it_later(tmp_path, fake_http):
-    served, calls = fake_http
+def test_download_of_a_pinned_file_is_checked_against_its_git_blob_id(tmp_path, fake_http):
+    served, _, _ = fake_http
+    cache = tmp_path / "cache"
+    out = prepare_family("math", "llm-adapters", tmp_path / "out", tasks=["gsm8k"], download_dir=cache)
+    path = realdata.test_path("gsm8k")
+    assert (cache / path).read_bytes() == served[path] and not (cache / realdata.LOCK_NAME).exists()
+    source = json.loads((out / "source.json").read_text())
+    assert source["data_verified"] is True
+    assert source["details"]["git_blob"][path] == realdata.git_blob_id(served[path])
+    assert source["details"]["verification"][path] == realdata.VERIFIED
+
+    (cache / path).unlink()
+    served[path] = served[path].replace(b"Boarden", b"Smith")  # upstream changed under the same commit
+    with pytest.raises(KdgridError, match=rf"git blob id {realdata.git_blob_id(served[path])} does not match "
+                                          rf"{realdata.git_blob_id((FIXTURES / 'gsm8k' / 'test.json').read_bytes())}"
+                                          r", the id of dataset/gsm8k/test\.json .*nothing was written"):
+        realdata.fetch(path, cache)
+    assert not [p for p in (cache / "dataset" / "gsm8k").iterdir()]  # no partial or temporary file
+
+
+def test_download_records_sha256_on_first_use_and_checks_it_later(tmp_path, fake_http, capsys):
+    served, calls, pinned = fake_http
+    pinned.clear()  # files the table does not list (a task a user added): trust-on-first-use
     cache = tmp_path / "cache"
     out = prepare_family("math", "llm-adapters", tmp_path / "out", tasks=["gsm8k"], download_dir=cache)
     lock = json.loads((cache / realdata.LOCK_NAME).read_text())
@@ -249,6 +284,9 @@ def test_download_records_sha256_on_first_use_and_checks_it_later(tmp_path, fake
     assert (cache / path).read_bytes() == served[path]
     assert load_records(out / "test" / "gsm8k.json") == load_records(FIXTURES / "gsm8k" / "test.json")
     assert calls[0].startswith("https://raw.githubusercontent.com/AGI-Edgerunners/LLM-Adapters/")
+    err = capsys.readouterr().err
+    assert "dataset/gsm8k/test.json is not in the pinned table" in err and "trust-on-first-use" in err
+    assert json.loads((out / "source.json").read_text())["data_verified"] is False
 
     n_calls = len(calls)
     prepare_family("math", "llm-adapters", tmp_path / "out", tasks=["gsm8k"], download_dir=cache)
@@ -262,19 +300,18 @@ def test_download_records_sha256_on_first_use_and_checks_it_later(tmp_path, fake
     assert not [p for p in (cache / "dataset" / "gsm8k").iterdir()]  # no partial or temporary file
 
 
-def test_download_mismatch_with_pinned_table(tmp_path, fake_http, monkeypatch):
-    served, _ = fake_http
+def test_download_mismatch_with_pinned_table(tmp_path, fake_http):
+    served, _, pinned = fake_http
     path = realdata.test_path("AQuA")
-    pin = dict(realdata.source_pin(), sha256={path: "0" * 64})
-    monkeypatch.setattr(realdata, "source_pin", lambda: pin)
-    with pytest.raises(KdgridError, match="does not match 0{64} from the pinned table"):
+    pinned[path] = {"git_blob": "0" * 40, "size": None}
+    with pytest.raises(KdgridError, match=rf"git blob id {realdata.git_blob_id(served[path])} does not match 0{{40}}"):
         realdata.fetch(path, tmp_path / "cache")
     assert not (tmp_path / "cache" / path).exists()
-    pin["sha256"][path] = hashlib.sha256(served[path]).hexdigest()
-    assert realdata.fetch(path, tmp_path / "cache").read_bytes() == served[path]
+    pinned[path] = {"git_blob": realdata.git_blob_id(served[path]), "size": len(served[path])}
+    assert realdata.fetch(path, tmp_path / "cache").file.read_bytes() == served[path]
 
 
-def test_tampered_local_copy_is_refused(tmp_path, fake_http):
+def test_tampered_downloaded_copy_is_refused(tmp_path, fake_http):
     cache = tmp_path / "cache"
     path = realdata.test_path("boolq")
     realdata.fetch(path, cache)

@@ -159,6 +159,24 @@ def test_noise_on_a_base_teacher_is_refused(paper_config):
 # --- what each job's flags depend on ------------------------------------------------------------
 
 
+def test_only_the_cells_whose_loss_changed_name_its_version(paper, paper_config):
+    # gkd's loss version 2 (kd.beta as in the GKD paper) equals version 1 at beta 0.5: the study's
+    # cells keep their exact commands, so upgrading kdgrid re-runs none of them
+    from kdgrid.training.config import LOSS_VERSIONS
+
+    study = {c.id: paper.distill_args(c) for c in paper.cells}
+    assert not any("--loss-version" in args for args in study.values())
+    swept = expand_grid(with_changes(paper_config, lambda c: c["kd"].update(beta=0.1)))
+    assert any(c.method == "gkd" for c in swept.cells)
+    for cell in swept.cells:
+        args = swept.distill_args(cell)
+        if cell.method == "gkd":
+            assert args[args.index("--loss-version") + 1] == str(LOSS_VERSIONS["gkd"]) == "2"
+            assert args[args.index("--beta") + 1] == "0.1"
+        else:
+            assert args == study[cell.id]
+
+
 def test_distill_flags_carry_the_method_settings_it_reads(paper, paper_config):
     cells = paper.cells_by_id
     fkl = paper.distill_args(cells["math/Qwen2.5-3B__Qwen2.5-0.5B/fkl/t1/sft-teacher/seed42"])

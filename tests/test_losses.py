@@ -48,10 +48,16 @@ def ref_gjsd(s, t, mask, beta=0.5, temperature=1.0):
     w = min(s.shape[-1], t.shape[-1])
     q, log_q = ref_probs(s[..., :w], temperature)
     p, log_p = ref_probs(t[..., :w], temperature)
-    m = beta * q + (1 - beta) * p
-    kl_p = (p * (log_p - m.log())).sum(-1)
-    kl_q = (q * (log_q - m.log())).sum(-1)
-    return ref_token_mean(beta * kl_p + (1 - beta) * kl_q, mask) * temperature**2
+    if beta == 0:  # the GKD paper's JSD(beta) vanishes at its ends; there it is forward / reverse KL
+        per_token = (p * (log_p - log_q)).sum(-1)
+    elif beta == 1:
+        per_token = (q * (log_q - log_p)).sum(-1)
+    else:
+        m = beta * p + (1 - beta) * q
+        kl_p = (p * (log_p - m.log())).sum(-1)
+        kl_q = (q * (log_q - m.log())).sum(-1)
+        per_token = beta * kl_p + (1 - beta) * kl_q
+    return ref_token_mean(per_token, mask) * temperature**2
 
 
 def ref_skew(s, t, mask, skew=0.1, temperature=1.0):
@@ -74,6 +80,9 @@ CASES = [
     ("rkl", losses.reverse_kl, ref_rkl, {}),
     ("gkd", losses.generalized_jsd, ref_gjsd, {}),
     ("gkd_beta0.2", losses.generalized_jsd, ref_gjsd, {"beta": 0.2}),
+    ("gkd_beta0.9", losses.generalized_jsd, ref_gjsd, {"beta": 0.9}),
+    ("gkd_beta0", losses.generalized_jsd, ref_gjsd, {"beta": 0.0}),
+    ("gkd_beta1", losses.generalized_jsd, ref_gjsd, {"beta": 1.0}),
     ("skew_kl", losses.skew_kl, ref_skew, {}),
     ("skew_kl_0.5", losses.skew_kl, ref_skew, {"skew": 0.5}),
     ("tvd", losses.tvd, ref_tvd, {}),
@@ -186,16 +195,26 @@ def test_temperature_squared_scaling():
         assert losses.forward_kl(s / tau, t / tau, mask).item() == pytest.approx(unscaled, rel=1e-5)
 
 
-def test_gjsd_endpoints_are_reverse_and_forward_kl():
+def test_gjsd_endpoints_are_forward_and_reverse_kl():
+    # the GKD paper's assignment: beta 0 forward KL(p_T || p_S), beta 1 reverse KL(p_S || p_T)
     s, t, mask = make_inputs()
     mask = torch.ones_like(mask)  # all sequences equally long: token mean equals per-sequence mean
-    assert losses.generalized_jsd(s, t, mask, beta=0.0).item() == pytest.approx(
-        losses.reverse_kl(s, t, mask).item(), rel=1e-5)
-    assert losses.generalized_jsd(s, t, mask, beta=1.0).item() == pytest.approx(
-        losses.forward_kl(s, t, mask).item(), rel=1e-5)
-    for beta in (0.0, 1.0):
-        _, grad = value_and_grad(losses.generalized_jsd, s, t, mask, beta=beta)
-        assert torch.isfinite(grad).all()
+    for beta, kl in ((0.0, losses.forward_kl), (1.0, losses.reverse_kl)):
+        value, grad = value_and_grad(losses.generalized_jsd, s, t, mask, beta=beta, temperature=2.0)
+        kl_value, kl_grad = value_and_grad(kl, s, t, mask, temperature=2.0)
+        assert value.item() == pytest.approx(kl_value.item(), rel=1e-6)
+        torch.testing.assert_close(grad, kl_grad, rtol=1e-6, atol=0)
+
+
+def test_gjsd_runs_from_forward_to_reverse_kl_and_shrinks_near_the_ends():
+    s, t, mask = (x.double() for x in make_inputs())
+    fkl, rkl = ref_gjsd(s, t, mask, beta=0.0).item(), ref_gjsd(s, t, mask, beta=1.0).item()
+    for beta in (1e-5, 1e-3, 0.1, 0.5, 0.9, 1 - 1e-3, 1 - 1e-5):
+        # convexity of KL in its second argument: JSD(beta) <= beta (1 - beta) (fkl + rkl)
+        assert losses.generalized_jsd(s, t, mask, beta=beta).item() <= beta * (1 - beta) * (fkl + rkl)
+    # to first order JSD(beta) = beta fkl near 0 and (1 - beta) rkl near 1: the loss scale vanishes there
+    assert losses.generalized_jsd(s, t, mask, beta=1e-5).item() == pytest.approx(1e-5 * fkl, rel=0.05)
+    assert losses.generalized_jsd(s, t, mask, beta=1 - 1e-5).item() == pytest.approx(1e-5 * rkl, rel=0.05)
 
 
 def test_identical_distributions_give_zero():
@@ -307,7 +326,7 @@ def test_minus_infinity_teacher_logits(name, fn, ref, kw):
     s, t, mask = make_inputs()
     t[..., :3] = -float("inf")
     value, grad = value_and_grad(fn, s, t, mask, **kw)
-    if name.startswith("rkl"):
+    if name.startswith("rkl") or kw.get("beta") == 1.0:  # reverse KL (gkd at beta 1 is reverse KL)
         assert value.item() == float("inf")  # the student puts mass where the teacher has none
         return
     assert torch.isfinite(grad).all()

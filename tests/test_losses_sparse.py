@@ -55,9 +55,9 @@ def bucket_reference(name, s, teacher: SparseTeacher, mask):
     elif method == "skew_kl":
         per_token = kl(p, params["skew"] * p + (1 - params["skew"]) * q_b)
     else:
-        beta = params["beta"]
-        m = beta * q_b + (1 - beta) * p
-        per_token = beta * kl(p, m) + (1 - beta) * kl(q_b, m)
+        beta = params["beta"]  # the GKD paper's JSD(beta); forward / reverse KL at its ends
+        m = beta * p + (1 - beta) * q_b
+        per_token = {0.0: kl(p, q_b), 1.0: kl(q_b, p)}.get(beta, beta * kl(p, m) + (1 - beta) * kl(q_b, m))
     mask = mask.double()
     if method == "gkd":
         value = (per_token * mask).sum() / mask.sum()

@@ -54,7 +54,7 @@ def collapsed_reference(name, s, t, ids, mask, temperature):
         per_token = kl(p_b, 0.1 * p_b + 0.9 * q_b)
     else:
         beta = METHODS[name]["beta"]
-        m = beta * q_b + (1 - beta) * p_b
+        m = beta * p_b + (1 - beta) * q_b  # the GKD paper's JSD(beta)
         per_token = beta * kl(p_b, m) + (1 - beta) * kl(q_b, m)
     mask = mask.double()
     if base == "gkd":

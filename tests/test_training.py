@@ -128,6 +128,18 @@ def test_tokenize_records_masks_order_and_cache(world, tmp_path, monkeypatch):
     assert len(list((tmp_path / "tokenized").glob("*.pt"))) == 2
 
 
+def test_config_refuses_a_loss_version_this_kdgrid_does_not_compute():
+    from kdgrid.training.config import TrainConfig
+
+    base = {"model": "m", "data": "d", "out": "o", "teacher": "t"}
+    assert TrainConfig(mode="distill", method="gkd", beta=0.1, loss_version=2, **base).validate()
+    assert TrainConfig(mode="distill", method="fkl", loss_version=1, **base).validate()
+    with pytest.raises(KdgridError, match="--loss-version 1: this kdgrid computes version 2 of the gkd loss"):
+        TrainConfig(mode="distill", method="gkd", beta=0.1, loss_version=1, **base).validate()
+    with pytest.raises(KdgridError, match="--loss-version 2: this kdgrid computes version 1 of the fkl loss"):
+        TrainConfig(mode="distill", method="fkl", loss_version=2, **base).validate()
+
+
 def test_config_refuses_bad_combinations(world):
     from kdgrid.training.config import TrainConfig
 

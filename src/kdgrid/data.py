@@ -8,7 +8,9 @@ Sources:
   subset of the training set (in its original order), and `n_test` the first records of each test set.
 
 `limit_test` keeps the first N records of every test set (a quick look at a big grid). A
-`source.json` beside the data records where it came from. The directory is written whole, atomically;
+`source.json` beside the data records where it came from: for llm-adapters each source file's sha256,
+git blob id and how it was verified, and `data_verified` (true: every file matched the pinned
+commit's blob id; false: some did not get that check; null: synthetic). The directory is written whole, atomically;
 an existing one is replaced only if it holds a `source.json` (was made by this function).
 """
 
@@ -58,32 +60,54 @@ def _synthetic(family, seed, n_train, n_test, tasks):
     return train, tests, about
 
 
-def _llm_adapters(family, seed, n_train, n_test, tasks, local, download_dir):
+def _llm_adapters(family, seed, n_train, n_test, tasks, local, download_dir, verify):
     from .io import sha256_file
     from .realdata import load_source_file, source_pin, test_path, train_path
 
-    files = {}
-    train, file = load_source_file(train_path(family), local, download_dir)
-    files[train_path(family)] = sha256_file(file)
+    sources = []
+    train, source = load_source_file(train_path(family), local, download_dir, verify)
+    sources.append(source)
     if n_train is not None and n_train < len(train):
         keep = sorted(random.Random(f"kdgrid-llm-adapters-{family}-{seed}").sample(range(len(train)), n_train))
         train = [train[i] for i in keep]
     tests = {}
     for task in tasks:
-        records, file = load_source_file(test_path(task), local, download_dir)
-        files[test_path(task)] = sha256_file(file)
+        records, source = load_source_file(test_path(task), local, download_dir, verify)
+        sources.append(source)
         tests[task] = records if n_test is None else records[:n_test]
     about = {"repository": source_pin()["repository"], "commit": source_pin()["commit"],
-             "local": str(local) if local is not None else None, "seed": seed, "n_train": n_train,
-             "n_test": n_test, "sha256": files}
+             "local": str(local) if local is not None else None, "verify": verify, "seed": seed,
+             "n_train": n_train, "n_test": n_test,
+             "sha256": {s.path: sha256_file(s.file) for s in sources},
+             "git_blob": {s.path: s.git_blob for s in sources},
+             "verification": {s.path: s.verification for s in sources}}
     return train, tests, about
+
+
+def data_verified(about: dict) -> bool | None:
+    """True when every source file matched its pinned git blob id, False when any did not get that
+    check (unverified or trust-on-first-use), None for synthetic data (generated here, not downloaded)."""
+    from .realdata import VERIFIED
+
+    if "verification" not in about:
+        return None
+    return all(how == VERIFIED for how in about["verification"].values())
+
+
+def read_data_verified(data_dir: str | os.PathLike) -> bool | None:
+    """`data_verified` of a prepared data directory's source.json (None if it has none)."""
+    from .io import read_json
+
+    source = Path(data_dir) / "source.json"
+    return read_json(source).get("data_verified") if source.is_file() else None
 
 
 def prepare_family(family: str, source: str, out_dir: str | os.PathLike, seed: int = 0,
                    n_train: int | None = None, n_test: int | None = None, tasks=None,
                    local: str | os.PathLike | None = None, limit_test: int | None = None,
-                   download_dir: str | os.PathLike | None = None) -> Path:
-    """Write `out_dir/train.json`, `out_dir/test/<task>.json` and `out_dir/source.json`; return `out_dir`."""
+                   download_dir: str | os.PathLike | None = None, verify: bool = True) -> Path:
+    """Write `out_dir/train.json`, `out_dir/test/<task>.json` and `out_dir/source.json`; return `out_dir`.
+    `verify` False (llm-adapters, local folder only) reads files that are knowingly not the pinned ones."""
     if family not in FAMILIES:
         raise unknown("family", family, FAMILIES)
     tasks = _choose_tasks(family, source, tasks)
@@ -91,10 +115,13 @@ def prepare_family(family: str, source: str, out_dir: str | os.PathLike, seed: i
         _check_count(name, value)
     if local is not None and source != "llm-adapters":
         raise KdgridError(f"--local reads the LLM-Adapters files; it does not apply to source {source!r}")
+    if not verify and (source != "llm-adapters" or local is None):
+        raise KdgridError("data.verify: false (--no-verify) declares a local LLM-Adapters folder unverified; "
+                          "it applies only with --source llm-adapters and --local (downloads are always verified)")
     if source == "synthetic":
         train, tests, about = _synthetic(family, seed, n_train, n_test, tasks)
     else:
-        train, tests, about = _llm_adapters(family, seed, n_train, n_test, tasks, local, download_dir)
+        train, tests, about = _llm_adapters(family, seed, n_train, n_test, tasks, local, download_dir, verify)
     if limit_test is not None:
         tests = {task: records[:limit_test] for task, records in tests.items()}
     if not train:
@@ -113,5 +140,5 @@ def prepare_family(family: str, source: str, out_dir: str | os.PathLike, seed: i
             write_json(tmp / "test" / f"{task}.json", records)
         write_json(tmp / "source.json", {"family": family, "source": source, "tasks": list(tests),
                                          "n_train": len(train), "n_test": {t: len(r) for t, r in tests.items()},
-                                         "details": about})
+                                         "data_verified": data_verified(about), "details": about})
     return out_dir

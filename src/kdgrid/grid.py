@@ -20,6 +20,7 @@ from functools import cached_property
 from .analysis.captions import FIGURES
 from .errors import KdgridError, unknown
 from .tasks import tasks_of
+from .training.config import LOSS_VERSIONS
 
 METHODS = ("fkl", "rkl", "gkd", "skew_kl", "tvd", "seqkd")
 OFF_POLICY_METHODS = ("fkl", "rkl", "skew_kl", "tvd")  # plus gkd with lmbda = 0
@@ -88,7 +89,8 @@ DEFAULT_COMPARE = {"embedding_model": "none"}
 # measures up to 11% loss error at temperature 2 and 31% at 5 with k = 64); hotter cells run the teacher.
 DEFAULT_TEACHER_CACHE = {"enabled": True, "top_k": 64, "max_temperature": 1.0}
 FAMILY_KEYS = ("tasks", "data", "training", "approx_train_examples", "approx_test_examples")
-DEFAULT_DATA = {"source": "llm-adapters", "local": None, "seed": 0, "n_train": None, "n_test": None, "limit_test": None}
+DEFAULT_DATA = {"source": "llm-adapters", "local": None, "seed": 0, "n_train": None, "n_test": None, "limit_test": None,
+                "verify": True}
 
 
 def unknown_at(where: str, kind: str, name, known) -> KdgridError:
@@ -271,6 +273,10 @@ def _families(config: dict) -> dict[str, FamilySpec]:
         data = _section(spec, "data", DEFAULT_DATA, where)
         if data["source"] not in SOURCES:
             raise KdgridError(f"config key {where}data.source: {data['source']!r} is not one of {', '.join(SOURCES)}")
+        if data["verify"] is False and (data["source"] != "llm-adapters" or not data["local"]):
+            raise KdgridError(f"config key {where}data.verify: false declares a local LLM-Adapters folder "
+                              f"unverified; it needs data.source llm-adapters and data.local (downloads at the "
+                              f"pinned commit are always verified)")
         training = _section(spec, "training", DEFAULT_TRAINING, where)
         tasks = tuple(_as_list(spec.get("tasks"), f"{where}tasks"))
         if not tasks:
@@ -496,6 +502,8 @@ class Grid:
                 args += ["--teacher-cache", self.out(cache.path)]
         for key in KD_KEYS_OF_METHOD[cell.method]:
             args += [f"--{key.replace('_', '-')}", str(self.kd[key])]
+        if cell.method == "gkd" and float(self.kd["beta"]) != 0.5:  # where gkd's loss versions differ
+            args += ["--loss-version", str(LOSS_VERSIONS["gkd"])]
         return args
 
     def distill_data(self, cell: Cell) -> str:
@@ -520,7 +528,18 @@ class Grid:
         for key in ("local", "n_train", "n_test", "limit_test"):
             if d[key] is not None:
                 args += [f"--{key.replace('_', '-')}", str(d[key])]
+        if d["verify"] is False:
+            args.append("--no-verify")
         return args
+
+    def data_source_ids(self, family: str) -> dict[str, str | None]:
+        """The git blob ids of the LLM-Adapters files a family's data are made from (the pinned ids, or
+        those of an unverified local folder's files): a param of prepare_data, so new ids re-run it."""
+        from .realdata import source_ids, test_path, train_path
+
+        spec = self.families[family]
+        paths = [train_path(family)] + [test_path(t) for t in spec.tasks]
+        return source_ids(paths, spec.data["local"], spec.data["verify"] is not False)
 
     def sizes(self) -> list[str]:
         used = {m for models in self.models_of_family.values() for m in models}

@@ -8,9 +8,14 @@ p = softmax(logits / temperature):
 
 - forward_kl: sum_v p_T (log p_T - log p_S) per token. The paper calls this SeqKD.
 - reverse_kl: sum_v p_S (log p_S - log p_T) per token. The paper's RevKD.
-- generalized_jsd: with M = beta p_S + (1 - beta) p_T, beta KL(p_T || M) + (1 - beta) KL(p_S || M).
-  At beta = 0 this is exactly reverse KL, at beta = 1 exactly forward KL (the formula itself, no
-  special case). The paper's code ignored the temperature for GKD; ours applies it like the others.
+- generalized_jsd: GKD's JSD(beta) as the GKD paper (Agarwal et al. 2024, eq. 1) and TRL >= 1.0
+  define it: M = beta p_T + (1 - beta) p_S, per token beta KL(p_T || M) + (1 - beta) KL(p_S || M).
+  The formula vanishes at both ends, so there, as in TRL, the loss is forward KL (beta = 0) and
+  reverse KL (beta = 1) exactly. Between them it runs from forward-KL-like to reverse-KL-like, and its
+  scale shrinks near either end (about beta KL(p_T || p_S) for small beta, (1 - beta) KL(p_S || p_T)
+  near 1). Before loss version 2 (`kdgrid.training.config.LOSS_VERSIONS`) kdgrid weighted the mixture
+  the other way round (M = beta p_S + (1 - beta) p_T, TRL 0.13-0.15), the same function only at beta 0.5.
+  The paper's code ignored the temperature for GKD; ours applies it like the others.
 - skew_kl: DistiLLM's skewed forward KL, KL(p_T || skew p_T + (1 - skew) p_S).
 - tvd: total variation, 0.5 sum_v |p_T - p_S|.
 
@@ -103,14 +108,15 @@ def _skew_kl_terms(skew: float) -> Callable:
 
 
 def _generalized_jsd_terms(beta: float) -> Callable:
+    if beta == 0.0:
+        return _forward_kl_terms
+    if beta == 1.0:
+        return _reverse_kl_terms
+
     def terms(log_q: torch.Tensor, log_p: torch.Tensor, zeros: bool) -> torch.Tensor:
-        log_m = _log_mixture(log_q, log_p, beta, zeros)
-        total = 0.0
-        if beta > 0.0:
-            total = total + beta * _xlogratio(log_p, log_m, zeros).sum(-1)
-        if beta < 1.0:
-            total = total + (1.0 - beta) * _xlogratio(log_q, log_m, zeros).sum(-1)
-        return total
+        log_m = _log_mixture(log_p, log_q, beta, zeros)  # beta p_T + (1 - beta) p_S
+        return (beta * _xlogratio(log_p, log_m, zeros).sum(-1)
+                + (1.0 - beta) * _xlogratio(log_q, log_m, zeros).sum(-1))
 
     return terms
 
@@ -346,10 +352,10 @@ def reverse_kl(student_logits: torch.Tensor, teacher_logits: Teacher, mask: torc
 
 def generalized_jsd(student_logits: torch.Tensor, teacher_logits: Teacher, mask: torch.Tensor,
                     beta: float = 0.5, temperature: float = 1.0) -> torch.Tensor:
-    """GKD's generalized Jensen-Shannon divergence, mean over all masked tokens, times temperature².
+    """GKD's generalized Jensen-Shannon divergence JSD(beta), mean over all masked tokens, times temperature².
 
-    M = beta p_S + (1 - beta) p_T; per token beta KL(p_T || M) + (1 - beta) KL(p_S || M).
-    beta = 0 gives reverse KL, beta = 1 forward KL, exactly.
+    M = beta p_T + (1 - beta) p_S; per token beta KL(p_T || M) + (1 - beta) KL(p_S || M), as in the
+    GKD paper and TRL >= 1.0. beta = 0 is forward KL(p_T || p_S), beta = 1 reverse KL(p_S || p_T), exactly.
     """
     if not 0.0 <= beta <= 1.0:
         raise KdgridError(f"generalized_jsd: beta must be in [0, 1], got {beta}")

@@ -8,7 +8,9 @@ rule prepare_data:
     params:
         args=lambda w: flags(GRID.data_args(w.family)),
         out=lambda w, output: os.path.dirname(output.train),
-        world=lambda w: TINY_WORLD if GRID.families[w.family].data["source"] == "synthetic" else None,
+        # what the data are made from: the tiny world's code, or the LLM-Adapters files' git blob ids
+        made_from=lambda w: (TINY_WORLD if GRID.families[w.family].data["source"] == "synthetic"
+                             else GRID.data_source_ids(w.family)),
     log:
         log_of("prepare_data", "{family}"),
     benchmark:

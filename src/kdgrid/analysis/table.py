@@ -12,6 +12,8 @@ Columns (TABLE_COLUMNS):
   KD row carries both sides of the SFT-vs-KD comparison. SFT rows themselves have no teacher.
 - student_size_b (size of `model` for base/sft rows, of the student for KD rows), teacher_size_b,
   in billions of parameters.
+- data_verified: meta.data_verified of the evaluation (true: the family's LLM-Adapters files matched
+  the pinned commit's git blob ids; false: declared unverified; empty: synthetic data).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ SFT_METRICS = tuple(f"sft_{m}" for m in METRICS)
 TABLE_COLUMNS = [
     "family", "task", "role", "cell", "model", "teacher", "student", "method", "temperature",
     "noise_sigma", "teacher_kind", "seed", "accuracy", "n_items", *METRICS, *SFT_METRICS,
-    "student_size_b", "teacher_size_b",
+    "student_size_b", "teacher_size_b", "data_verified",
 ]
 
 
@@ -132,6 +134,7 @@ def _checkpoint(path: Path, obj) -> dict:
         "noise_sigma": (noise or 0.0) if role == "kd" else None,
         "teacher_kind": teacher_kind,
         "seed": _number(meta.get("seed"), path, "meta.seed", int),
+        "data_verified": meta.get("data_verified"),
         "accuracy": accuracy,
         "n_items": {t: _number(v, path, f"n.{t}", int) for t, v in n_items.items() if t != AVERAGE},
         "compare": {},
@@ -241,6 +244,7 @@ def build_table(scores_paths, compare_paths, sizes: dict[str, float]):
                                       "temperature", "noise_sigma", "teacher_kind", "seed")}
         ident["student_size_b"] = model_size(ckpt["model"], sizes)
         ident["teacher_size_b"] = model_size(ckpt["teacher"], sizes) if ckpt["teacher"] else None
+        ident["data_verified"] = ckpt["data_verified"]
         per_task = []
         for task in own_tasks:
             row = {**ident, "task": task, "accuracy": ckpt["accuracy"][task], "n_items": ckpt["n_items"].get(task)}
@@ -272,7 +276,15 @@ def sort_table(table, family_tasks: dict[str, list[str]] | None = None):
     table["seed"] = pd.array(table["seed"], dtype="Int64")
     for column in ("temperature", "noise_sigma", "accuracy", "n_items", *METRICS, *SFT_METRICS, "student_size_b", "teacher_size_b"):
         table[column] = pd.to_numeric(table[column], errors="coerce").astype("float64")
+    table["data_verified"] = _nullable_bool(table["data_verified"])
     return table.reset_index(drop=True)
+
+
+def _nullable_bool(column):
+    """True / False / missing (synthetic data), the same read back from CSV (NaN) and Parquet (None)."""
+    import pandas as pd
+
+    return pd.array([None if pd.isna(v) else bool(v) for v in column], dtype="boolean")
 
 
 def write_table(table, out_csv=None, out_parquet=None) -> None:
@@ -300,4 +312,6 @@ def read_table(path):
         raise KdgridError(f"{path}: expected a .csv or .parquet results table")
     if "seed" in table.columns:
         table["seed"] = pd.array(pd.to_numeric(table["seed"], errors="coerce"), dtype="Int64")
+    if "data_verified" in table.columns:
+        table["data_verified"] = _nullable_bool(table["data_verified"])
     return table

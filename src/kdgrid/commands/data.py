@@ -12,8 +12,12 @@ def add_arguments(p) -> None:
     d.add_argument("--family", required=True, help="math or commonsense")
     d.add_argument("--source", required=True, help="synthetic (embedded tasks) or llm-adapters (the paper's data)")
     d.add_argument("--local", help="llm-adapters only: read the files from this folder instead of downloading")
-    d.add_argument("--download-dir", help="llm-adapters only: where downloads and their sha256 lock file live "
-                                          "(default $KDGRID_DATA_CACHE or ~/.cache/kdgrid/llm-adapters/<commit>)")
+    d.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="llm-adapters with --local only: the folder is knowingly not the pinned files "
+                        "(excerpts, your own data); read them unchecked and mark the data unverified")
+    d.add_argument("--download-dir", help="llm-adapters only: where downloads live, with the sha256 lock file of "
+                                          "files the pinned table lacks (default $KDGRID_DATA_CACHE or "
+                                          "~/.cache/kdgrid/llm-adapters/<commit>)")
     d.add_argument("--seed", type=int, default=0, help="synthetic: generator seed; llm-adapters: subsample seed")
     d.add_argument("--n-train", type=int, help="training records (synthetic default 600; llm-adapters: all)")
     d.add_argument("--n-test", type=int, help="test records per task (synthetic default 100; llm-adapters: all)")
@@ -39,13 +43,20 @@ def _list() -> int:
 
 
 def _prepare(args) -> int:
-    from ..data import prepare_family
+    from ..data import prepare_family, read_data_verified
+    from ..io import read_json
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
     out = prepare_family(args.family, args.source, args.out, seed=args.seed, n_train=args.n_train,
                          n_test=args.n_test, tasks=tasks, local=args.local, limit_test=args.limit_test,
-                         download_dir=args.download_dir)
+                         download_dir=args.download_dir, verify=args.verify)
     print(f"wrote {args.family} data ({args.source}) to {out}")
+    if args.source == "llm-adapters":
+        details = read_json(out / "source.json")["details"]
+        for path, how in details["verification"].items():
+            print(f"  {path}: git blob {details['git_blob'][path]}, {how}")
+        print("  data verified against the pinned commit's git blob ids" if read_data_verified(out) else
+              "  UNVERIFIED data: not every file was checked against the pinned commit's git blob ids")
     return 0
 
 

@@ -26,11 +26,18 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from ..data import read_data_verified
     from ..evaluation.lmeval_tasks import GenerationSettings
     from ..evaluation.meta import parse_meta
     from ..evaluation.runner import evaluate
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    meta = parse_meta(args.meta)
+    verified = read_data_verified(args.data_dir)  # None for synthetic data: no key
+    if verified is not None:
+        meta.setdefault("data_verified", verified)
+    if verified is False:
+        print(f"kdgrid evaluate: the test sets in {args.data_dir} are UNVERIFIED data (data.verify: false)")
     scores = evaluate(
         args.model,
         args.data_dir,
@@ -44,7 +51,7 @@ def run(args) -> int:
         device=args.device,
         dtype=args.dtype,
         rule=args.rule,
-        meta=parse_meta(args.meta),
+        meta=meta,
         threads=args.threads,
     )
     for task, accuracy in scores["accuracy"].items():

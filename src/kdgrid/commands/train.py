@@ -19,7 +19,8 @@ def add_arguments(p) -> None:
                    "skew_kl, tvd, or seqkd (Kim & Rush: cross-entropy on the teacher's responses)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--noise-sigma", type=float, default=0.0, help="Gaussian noise N(0, s^2) on the teacher's logits")
-    p.add_argument("--beta", type=float, default=0.5, help="GKD: generalized JSD mixture weight")
+    p.add_argument("--beta", type=float, default=0.5, help="GKD: JSD(beta) as in the GKD paper and TRL >= 1: "
+                   "0 forward KL, 1 reverse KL")
     p.add_argument("--lmbda", type=float, default=0.5, help="GKD: share of batches on the student's own samples")
     p.add_argument("--skew", type=float, default=0.1, help="skew_kl: skew of the teacher-student mixture")
     p.add_argument("--kd-weight", type=float, default=1.0, help="w in (1 - w) CE + w KD")
@@ -44,6 +45,8 @@ def add_arguments(p) -> None:
                    help="auto: bf16 (or fp16) on GPU, fp32 on CPU")
     p.add_argument("--save-steps", type=int, default=200, help="checkpoint every N optimizer steps")
     p.add_argument("--gkd-max-new-tokens", type=int, default=128)
+    p.add_argument("--loss-version", type=int, help="the version of the method's loss definition the command "
+                   "was written for; refused if this kdgrid computes another (kdgrid.training.config.LOSS_VERSIONS)")
     p.add_argument("--nproc", type=int, default=1, help="processes (GPUs); > 1 relaunches under torchrun")
     p.add_argument("--cell", help="cell name for logs and errors (default: --out)")
 

@@ -14,6 +14,12 @@ FINETUNES = ("lora", "full")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TOKEN_SCOPES = ("all", "response")
 DEFAULT_LORA_TARGETS = "q_proj,k_proj,v_proj,up_proj,down_proj"
+# The version of each method's loss definition in kdgrid.losses (1 where it never changed). A distill
+# command names it (--loss-version) only where the versions differ in value, so that upgrading kdgrid
+# re-runs exactly the cells whose loss changed (kdgrid.grid.Grid.distill_args).
+# gkd 2: kd.beta as in the GKD paper and TRL >= 1.0, M = beta p_T + (1 - beta) p_S; version 1 had
+# M = beta p_S + (1 - beta) p_T with the weights the other way round, the same loss only at beta 0.5.
+LOSS_VERSIONS = {"gkd": 2}
 
 
 @dataclass
@@ -49,6 +55,7 @@ class TrainConfig:
     precision: str = "auto"
     save_steps: int = 200
     gkd_max_new_tokens: int = 128
+    loss_version: int | None = None
     nproc: int = 1
     cell: str | None = None
 
@@ -116,6 +123,11 @@ class TrainConfig:
                        "needs --teacher: the cache cannot stand in for the teacher with on-policy GKD "
                        "(lmbda > 0) or teacher noise")
                 raise KdgridError(f"--method {self.method} (cell {self.cell_name}) {why}")
+        if self.loss_version is not None:
+            current = LOSS_VERSIONS.get(self.method, 1)
+            if self.mode != "distill" or self.loss_version != current:
+                raise bad("loss_version", self.loss_version,
+                          f"this kdgrid computes version {current} of the {self.method or self.mode} loss")
         positive = {"temperature": self.temperature, "lr": self.lr, "epochs": self.epochs,
                     "micro_batch_size": self.micro_batch_size, "grad_accum": self.grad_accum,
                     "lora_r": self.lora_r, "lora_alpha": self.lora_alpha, "save_steps": self.save_steps,

@@ -139,6 +139,7 @@ def _train_in_this_process(cfg: TrainConfig) -> None:
     import torch
     from transformers import set_seed
 
+    from ..data import read_data_verified
     from . import model_io
     from .callbacks import NonFiniteLossCallback, StepLogCallback, crash_hooks_from_env
     from .data import Collator, ExampleDataset, load_tokenized
@@ -199,7 +200,8 @@ def _train_in_this_process(cfg: TrainConfig) -> None:
         header = {"event": "config", "config": cfg.to_dict(), "teacher_source": source, "teacher": teacher_line,
                   "precision": precision, "world_size": args.world_size,
                   "deepspeed": deepspeed_config(cfg.zero_stage), "examples": len(examples),
-                  "tokenized_cache_hit": from_cache}
+                  "tokenized_cache_hit": from_cache,
+                  "data_verified": read_data_verified(Path(cfg.data).parent)}
         if resume is None:
             write_jsonl(progress_log, [header])
         else:
