@@ -26,10 +26,14 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    import time
+
     from ..evaluation.lmeval_tasks import GenerationSettings
     from ..evaluation.meta import parse_meta
     from ..evaluation.runner import evaluate
+    from ..usage import cost_line
 
+    started = time.time()
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
     scores = evaluate(
         args.model,
@@ -49,4 +53,5 @@ def run(args) -> int:
     )
     for task, accuracy in scores["accuracy"].items():
         print(f"{task}\t{accuracy:.2f}")
+    print(f"kdgrid evaluate: {cost_line(started, args.out)}")
     return 0

@@ -51,6 +51,7 @@ class TrainConfig:
     gkd_max_new_tokens: int = 128
     nproc: int = 1
     cell: str | None = None
+    keep_checkpoints: bool = False  # keep checkpoints/ once model/ is published (decides nothing the model depends on)
 
     @classmethod
     def from_args(cls, args) -> TrainConfig:
@@ -58,6 +59,10 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def identity(self) -> dict:
+        """What a checkpoint of this run depends on: everything but what only decides its clean-up."""
+        return {k: v for k, v in self.to_dict().items() if k != "keep_checkpoints"}
 
     @property
     def cell_name(self) -> str:
