@@ -155,8 +155,10 @@ def summary_line(grid) -> str:
     total = sum(r.device_s for r in rules) / per
     parts = ", ".join(f"{r.rule} {r.device_s / per:,.1f}" for r in rules)
     disk = sum(j.disk_bytes for j in jobs)
-    return (f"kdgrid: estimated cost of this grid: {total:,.1f} {unit} ({parts}); {_gb(disk)} of models and caches "
-            f"(details and assumptions: kdgrid grid cost)")
+    cells = cell_disk(grid, jobs).values()
+    per_cell = f", a KD cell up to {_gb(max(cells))}" if cells else ""
+    return (f"kdgrid: estimated cost of this grid: {total:,.1f} {unit} ({parts}); disk {_gb(disk)} of models and caches"
+            f"{per_cell} (details and assumptions: kdgrid grid cost)")
 
 
 def report(grid) -> str:

@@ -14,7 +14,7 @@ rule aggregate:
     params:
         sizes=flags(GRID.sizes()),
         # the grid the cost ledger estimates (benchmarks are read from <outdir>/benchmarks/<rule>/<job>.tsv)
-        grid_config=json.dumps(config, sort_keys=True, default=str),
+        grid_config=json.dumps({k: v for k, v in config.items() if k != "disk"}, sort_keys=True, default=str),
     log:
         log_of("aggregate", "aggregate"),
     benchmark:

@@ -136,8 +136,8 @@ def job_table(grid, benchmarks_dir=None):
 
 
 def _sum(values) -> float:
-    values = list(values)
-    return float(sum(values)) if values else 0.0
+    """The sum of what was measured: a job without a benchmark adds nothing (missing_benchmarks names it)."""
+    return float(sum(v for v in values if not math.isnan(v)))
 
 
 def checkpoint_table(grid, jobs):
