@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 
-from kdgrid.analysis.cost import checkpoint_table, cost_markdown, job_table, kd_extra_cost, read_benchmark
+from kdgrid.analysis.cost import COST_COLUMNS, checkpoint_table, cost_markdown, job_table, kd_extra_cost, read_benchmark
 from kdgrid.cli import main
 from kdgrid.cost_plan import job_estimates, per_rule, report, summary_line, without_cache
 from kdgrid.errors import KdgridError
@@ -51,7 +51,7 @@ def test_a_tiny_cpu_cell_by_hand():
     job = estimate(grid, "distill", "math/tiny-m__tiny-xs/fkl/t1/sft-teacher/seed1")
     flops = 6 * 49_440 * (600 * 6 * 128)  # full fine-tuning of tiny-xs over 6 epochs of 600 examples x 128
     assert job.gpus == 0 and job.work.flops == pytest.approx(flops)
-    assert job.device_s == pytest.approx(flops / 20e9)  # core-seconds at resources.cpu_gflops 20
+    assert job.device_s == pytest.approx(flops / 80e9)  # core-seconds at resources.cpu_gflops 80
     assert job.transient_bytes == pytest.approx(49_440 * 12)  # fp32 weights + Adam states in checkpoints/
 
 
@@ -192,7 +192,28 @@ def test_the_summary_prices_each_point_of_improvement_and_suggests_a_calibration
     assert "| math | fkl | 1 | +10.00 | 35.000 | 3.500 |" in text
     assert "| math | rkl | 1 | -10.00 | 35.000 | – (no gain) |" in text
     ratio = jobs.loc[jobs["est_s"] > 0, "core_s"].sum() / jobs["est_s"].sum()
-    assert f"`resources.cpu_gflops: {20 / ratio:.3g}`" in text
+    assert f"| all | {(jobs['est_s'] > 0).sum()} |" in text and f"| {ratio:,.3f} |" in text
+    assert "Calibration: " in text
+
+
+def test_the_calibration_separates_start_up_from_the_compute_rate():
+    from kdgrid.analysis.cost import fit_startup_and_rate
+
+    est = [10.0, 20.0, 40.0, 80.0]
+    jobs = pd.DataFrame({"rule": "distill", "job": list("abcd"), "accelerator": "gpu", "rate": 100.0, "gpus": 1,
+                         "est_s": est, "gpu_s": [5 + 2 * e for e in est], "core_s": 0.0})
+    fit = fit_startup_and_rate(jobs)
+    assert fit["startup_s"] == pytest.approx(5) and fit["slope"] == pytest.approx(2)
+    assert fit["rate"] == pytest.approx(50)  # the jobs ran at half the configured 100 TFLOP/s
+    text = cost_markdown(pd.DataFrame(columns=["cell", "task", "accuracy"]),
+                         pd.DataFrame(columns=COST_COLUMNS), jobs)
+    assert "5.0 GPU-seconds of start-up per job + 2 x the estimate; `resources.gpu_tflops: 50` (now 100)" in text
+    # jobs that all take the same time, whatever their estimate, are start-up: no rate can be told
+    flat = jobs.assign(gpu_s=30.0)
+    assert fit_startup_and_rate(flat)["rate"] is None
+    text = cost_markdown(pd.DataFrame(columns=["cell", "task", "accuracy"]),
+                         pd.DataFrame(columns=COST_COLUMNS), flat)
+    assert "Calibration: not determinable from this run: start-up dominates" in text and "stays 100" in text
 
 
 def test_every_rule_that_runs_a_job_writes_a_benchmark():

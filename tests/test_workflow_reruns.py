@@ -117,7 +117,7 @@ def test_the_cost_ledger_has_every_checkpoint_and_the_summary_compares_it(finish
     assert not timing & set(pd.read_csv(results / "tables/results.csv").columns)
     summary = (results / "stats/summary.md").read_text()
     assert "## Cost" in summary and "cost per point" in summary and "| distill |" in summary
-    assert "`resources.cpu_gflops: " in summary
+    assert "Calibration: " in summary and "resources.cpu_gflops" in summary
     assert "No data" not in (results / "plots/captions/fig8_cost.rst").read_text()
     assert not list(results.rglob("checkpoints"))  # removed once each model was published
     log = (results / "logs/distill/math/tiny-m__tiny-xs/fkl/t1/sft-teacher/seed1.log").read_text()

@@ -38,7 +38,7 @@ DEFAULT_RESOURCES = {
     "max_gpus_per_job": 8,  # GPUs of one node
     "cpus_per_gpu": 8,
     "gpu_tflops": 100,  # sustained bf16 TFLOP/s one GPU reaches on these jobs
-    "cpu_gflops": 20,  # accelerator cpu: sustained GFLOP/s of one core on these jobs (measured: docs/workflow.md)
+    "cpu_gflops": 80,  # accelerator cpu: sustained GFLOP/s of one core on these jobs (measured: docs/workflow.md)
     "runtime_margin": 2.0,  # estimated runtime x this, plus start-up
     "min_runtime_min": 30,
     "max_runtime_min": 2880,

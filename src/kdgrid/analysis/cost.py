@@ -246,7 +246,7 @@ def kd_extra_cost(table, cost):
     sft_cell = {(r.family, r.model, int(r.seed)): r.cell for r in sft.itertuples() if not pd.isna(r.seed)}
     rows = []
     kd = cost[(cost["role"] == "kd") & (cost["teacher_kind"].fillna("sft") == "sft")
-              & (cost["noise_sigma"].fillna(0).astype(float) == 0)]
+              & (pd.to_numeric(cost["noise_sigma"], errors="coerce").fillna(0) == 0)]
     for r in kd.itertuples():
         base = sft_cell.get((r.family, r.model, int(r.seed)))
         if base is None or r.cell not in acc.index or base not in acc.index:
@@ -264,16 +264,49 @@ def _fmt(x: float, digits: int = 2) -> str:
     return "–" if x is None or math.isnan(x) else f"{x:,.{digits}f}"
 
 
+def _seconds(x: float) -> str:
+    if math.isnan(x):
+        return "–"
+    return f"{x:,.0f}" if x >= 100 else f"{x:.1f}" if x >= 1 else f"{x:.3g}"
+
+
+def _measured_column(jobs) -> str:
+    return "gpu_s" if (jobs["accelerator"] == "gpu").all() else "core_s"
+
+
 def calibration(jobs) -> list[dict]:
-    """Measured against estimated, per rule and over the rules that compute (jobs with a benchmark)."""
+    """Measured against estimated, per rule and over all rules (jobs with an estimate and a benchmark)."""
+    column = _measured_column(jobs)
+    known = jobs[(jobs["est_s"] > 0) & jobs[column].notna()]
     rows = []
-    measured_col = "gpu_s" if (jobs["accelerator"] == "gpu").all() else "core_s"
-    known = jobs[(jobs["est_s"] > 0) & jobs[measured_col].notna()]
     for rule, part in list(known.groupby("rule", sort=False)) + [("all", known)]:
-        est, measured = part["est_s"].sum(), part[measured_col].sum()
+        est, measured = part["est_s"].sum(), part[column].sum()
         rows.append({"rule": rule, "jobs": len(part), "est_s": est, "measured_s": measured,
                      "ratio": measured / est if est else math.nan})
     return rows
+
+
+MIN_COMPUTE_SHARE = 0.1  # below this share of the measured time, start-up hides the compute rate
+
+
+def fit_startup_and_rate(jobs) -> dict | None:
+    """Least squares over jobs: measured = startup + slope x estimated (both in the ledger's seconds).
+    The rate that would have matched is rate / slope. None when the run cannot tell: fewer than three
+    jobs, a slope <= 0, or estimated compute under MIN_COMPUTE_SHARE of the measured time."""
+    import numpy as np
+
+    column = _measured_column(jobs)
+    known = jobs[(jobs["est_s"] > 0) & jobs[column].notna()]
+    if len(known) < 3 or known["est_s"].nunique() < 2:
+        return None
+    est, measured = known["est_s"].to_numpy(float), known[column].to_numpy(float)
+    slope, startup = np.polyfit(est, measured, 1)
+    share = float(slope * est.sum() / measured.sum()) if slope > 0 else 0.0
+    if slope <= 0 or share < MIN_COMPUTE_SHARE:
+        return {"jobs": len(known), "startup_s": float(np.median(measured)), "slope": float(slope), "share": share,
+                "rate": None}
+    return {"jobs": len(known), "startup_s": float(startup), "slope": float(slope), "share": share,
+            "rate": float(known["rate"].iloc[0]) / float(slope)}
 
 
 def cost_markdown(table, cost, jobs) -> str:
@@ -304,14 +337,21 @@ def cost_markdown(table, cost, jobs) -> str:
               "| rule | jobs | estimated | measured | measured / estimated |", "|---|---|---|---|---|"]
     rows = calibration(jobs)
     for r in rows:
-        lines.append(f"| {r['rule']} | {r['jobs']} | {_fmt(r['est_s'], 1)} s | {_fmt(r['measured_s'], 1)} s | {_fmt(r['ratio'], 3)} |")
-    overall = rows[-1]["ratio"] if rows else math.nan
-    if not math.isnan(overall) and overall > 0 and len(jobs):
+        lines.append(f"| {r['rule']} | {r['jobs']} | {_seconds(r['est_s'])} s | {_seconds(r['measured_s'])} s | {_fmt(r['ratio'], 3)} |")
+    fit = fit_startup_and_rate(jobs)
+    if fit is not None:
         accelerator, rate = jobs["accelerator"].iloc[0], float(jobs["rate"].iloc[0])
         key = "gpu_tflops" if accelerator == "gpu" else "cpu_gflops"
-        lines += ["", (f"Calibration: the jobs took {overall:.3g}x the estimate; `resources.{key}: {rate / overall:.3g}` "
-                       f"(now {rate:g}) would make the estimate match this run (a suggestion: this run's mix of jobs, "
-                       "start-up included).")]
+        unit_s = "GPU-seconds" if accelerator == "gpu" else "core-seconds"
+        if fit["rate"] is None:
+            lines += ["", (f"Calibration: not determinable from this run: start-up dominates (the estimated compute "
+                           f"explains {fit['share']:.0%} of the measured time over {fit['jobs']} jobs; median job "
+                           f"{fit['startup_s']:.1f} {unit_s}). `resources.{key}` stays {rate:g}.")]
+        else:
+            lines += ["", (f"Calibration: over {fit['jobs']} jobs, measured = {fit['startup_s']:.1f} {unit_s} of start-up "
+                           f"per job + {fit['slope']:.3g} x the estimate; `resources.{key}: {fit['rate']:.3g}` (now "
+                           f"{rate:g}) would make the estimate's compute match this run (a suggestion; start-up is "
+                           "not part of the estimate).")]
     return "\n".join(lines) + "\n"
 
 
