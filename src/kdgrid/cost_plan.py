@@ -96,7 +96,7 @@ def without_cache(grid):
 class RuleCost:
     rule: str
     jobs: int
-    gpus: tuple[int, ...]  # distinct GPUs per job
+    gpus: tuple[int, ...]  # distinct GPUs per job (cores per job on CPU)
     flops: float
     device_s: float
     disk_bytes: float
@@ -107,7 +107,7 @@ def per_rule(jobs: list[JobEstimate]) -> list[RuleCost]:
     for rule in GPU_RULES:
         mine = [j for j in jobs if j.rule == rule]
         if mine:
-            rules.append(RuleCost(rule, len(mine), tuple(sorted({j.gpus for j in mine})),
+            rules.append(RuleCost(rule, len(mine), tuple(sorted({j.gpus or j.threads for j in mine})),
                                   sum(j.work.flops + j.work.generation_flops for j in mine),
                                   sum(j.device_s for j in mine), sum(j.disk_bytes for j in mine)))
     return rules
@@ -186,7 +186,8 @@ def report(grid) -> str:
     else:
         lines += ["  generation: 2 N FLOPs per generated token. Core-seconds = FLOPs / cpu_gflops; start-up",
                   "  (loading Python, torch and the models, a few seconds per job) is not counted."]
-    lines += ["", f"  {'rule':<18} {'jobs':>5} {'GPUs/job':>9} {'PFLOP':>12} {unit:>18} {'share':>6}"]
+    per_job = "GPUs/job" if res["accelerator"] == "gpu" else "cores/job"
+    lines += ["", f"  {'rule':<18} {'jobs':>5} {per_job:>9} {'PFLOP':>12} {unit:>18} {'share':>6}"]
     for r in rules:
         gpus = "-".join(str(g) for g in (r.gpus[0], r.gpus[-1])) if len(r.gpus) > 1 else str(r.gpus[0])
         share = r.device_s / total if total else 0.0
