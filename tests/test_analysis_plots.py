@@ -49,18 +49,35 @@ def full_table(sweep=True, ablations=True, compare=True):
     return pd.DataFrame(data, columns=TABLE_COLUMNS)
 
 
-def render(tmp_path_factory, name, table):
+EXTRA_GPU_S = {"fkl": 1000.0, "rkl": 1000.0, "tvd": 1200.0, "gkd": 5000.0}
+
+
+def cost_ledger(table):
+    """A cost ledger (kdgrid.analysis.cost COST_COLUMNS that fig8 reads) for the table's checkpoints:
+    SFT 3600 GPU-seconds, a KD cell that plus its method's extra cost."""
+    cells = table.drop_duplicates("cell")
+    total = [3600.0 + (EXTRA_GPU_S[m] if r == "kd" else 0.0) for r, m in zip(cells["role"], cells["method"])]
+    return cells[["cell", "family", "role", "model", "teacher", "method", "temperature", "noise_sigma", "teacher_kind",
+                  "seed"]].assign(total_gpu_s=total, total_core_s=0.0)
+
+
+def render(tmp_path_factory, name, table, cost=None):
     directory = tmp_path_factory.mktemp(name)
     path = directory / "results.csv"
     write_table(table, path)
     out = directory / "plots"
-    assert main(["plots", "--table", str(path), "--out-dir", str(out)]) == 0
+    args = ["plots", "--table", str(path), "--out-dir", str(out)]
+    if cost is not None:
+        cost.to_csv(directory / "cost.csv", index=False)
+        args += ["--cost", str(directory / "cost.csv")]
+    assert main(args) == 0
     return out
 
 
 @pytest.fixture(scope="module")
 def full(tmp_path_factory):
-    return render(tmp_path_factory, "full", full_table())
+    table = full_table()
+    return render(tmp_path_factory, "full", table, cost_ledger(table))
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +103,7 @@ def assert_all_figures(out):
 def test_every_figure_is_written_with_its_caption(full):
     assert_all_figures(full)
     assert set(FIGURES) == {"fig1_accuracy", "fig2_improvement_vs_size", "fig3_temperature", "fig4_teacher",
-                            "fig5_agreement_fidelity", "fig6_ablations", "fig7_heatmap"}
+                            "fig5_agreement_fidelity", "fig6_ablations", "fig7_heatmap", "fig8_cost"}
     for name in FIGURES:
         assert "No data" not in (full / "captions" / f"{name}.rst").read_text()
     # a figure with data is bigger than the one-line placeholder
@@ -96,7 +113,7 @@ def test_every_figure_is_written_with_its_caption(full):
 def test_missing_data_gives_a_figure_that_says_so(sparse, full):
     out, stderr = sparse
     assert_all_figures(out)
-    for name in ["fig3_temperature", "fig6_ablations", "fig5_agreement_fidelity"]:
+    for name in ["fig3_temperature", "fig6_ablations", "fig5_agreement_fidelity", "fig8_cost"]:
         assert f"{name}: no data for" in stderr
         assert "No data in this run" in (out / "captions" / f"{name}.rst").read_text()
         assert (out / f"{name}.png").stat().st_size < (full / f"{name}.png").stat().st_size

@@ -430,3 +430,16 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(world, teacher):
     for name, tensor in straight.items():
         torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=1e-6)
     assert not (cell / "checkpoints").exists()
+
+
+def test_the_done_line_and_the_log_say_what_the_run_cost_and_checkpoints_can_be_kept(world, capsys):
+    cell = train(world, "sft-kept", "--mode", "sft", "--model", str(world / "tiny-xs"), "--finetune", "full",
+                 "--max-steps", "4", "--save-steps", "2", "--keep-checkpoints", "1", *QUICK)
+    rows = log_rows(cell)
+    steps, done = [r for r in rows if "step" in r], rows[-1]
+    assert done["event"] == "done" and done["tokens"] == sum(r["tokens"] for r in steps) > 0
+    assert done["peak_memory_mb"] == max(r["memory_mb"] for r in steps) > 0
+    assert done["checkpoint_bytes"] > done["model_bytes"] > 0  # full fine-tuning: weights + Adam states
+    assert sorted(p.name for p in (cell / "checkpoints").glob("checkpoint-*")) == ["checkpoint-4"]
+    out = capsys.readouterr().out
+    assert f"{done['tokens']:,} tokens trained" in out and "checkpoints" in out and "(kept)" in out

@@ -25,6 +25,9 @@ def test_paper_grid_dry_run_shows_the_study_in_under_15_s(workdir):
     assert counts == {"prepare_data": 2, "sft": 16, "teacher_outputs": 12, "distill": 119, "evaluate": 151,
                       "compare": 151, "aggregate": 1, "stats": 1, "plots": 1, "all": 1}
     assert elapsed < 15, f"snakemake -n took {elapsed:.1f} s"
+    # the dry run says what the grid will cost (kdgrid.cost_plan), once, before the job table
+    assert run.stderr.count("kdgrid: estimated cost of this grid:") == 1
+    assert "GPU-hours (sft" in run.stderr
 
 
 def test_tiny_profile_runs_the_tiny_grid_alone(workdir):

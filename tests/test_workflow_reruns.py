@@ -82,3 +82,44 @@ def test_the_report_shows_the_figures_with_their_captions(finished):
     for name, caption in CAPTIONS.items():
         assert f"{name}.png" in html
         assert caption.split(".")[0][:60] in html, name
+
+
+def test_keeping_checkpoints_reruns_nothing(finished):
+    counts, jobs = dry_run(finished, lambda c: c.update(disk={"keep_checkpoints": True}))
+    assert counts == {} and jobs == []
+
+
+def test_the_cost_ledger_has_every_checkpoint_and_the_summary_compares_it(finished):
+    import pandas as pd
+
+    from kdgrid.analysis.cost import COST_COLUMNS
+    from kdgrid.grid import expand_grid
+
+    grid = expand_grid(load_config(finished / "config/tiny-ci.yaml"))
+    results = finished / "results"
+    cost = pd.read_csv(results / "tables/cost.csv")
+    assert sorted(cost["cell"]) == sorted(e.ckpt for e in grid.evaluations)
+    assert cost["missing_benchmarks"].isna().all(), cost["missing_benchmarks"].dropna().tolist()
+    assert (cost["own_wall_s"] > 0).all() and (cost["own_core_s"] >= cost["own_wall_s"]).all()
+    assert (cost["total_gpu_s"] == 0).all()  # a CPU grid
+    trained = cost[cost["role"] != "base"]
+    assert (trained["tokens_trained"] > 0).all() and (trained["train_peak_memory_mb"] > 0).all()
+    assert (trained["disk_bytes"] > 0).all() and (trained["est_flops"] > 0).all()
+    kd = cost[cost["role"] == "kd"]
+    assert (kd["shared_wall_s"] > 0).all()  # every KD cell shares its teacher's SFT and a cache
+    assert (kd["shared_disk_bytes"] > 0).all()
+    jobs = pd.read_csv(results / "tables/cost_jobs.csv")
+    assert jobs["wall_s"].notna().all() and len(jobs) == len(grid.comparisons) + sum(
+        n for rule, n in grid.job_counts().items() if rule in ("sft", "distill", "teacher_outputs", "teacher_responses", "evaluate"))
+    # results.csv holds no timing: it stays identical from run to run
+    timing = set(COST_COLUMNS) - {"cell", "family", "role", "model", "teacher", "method", "temperature", "noise_sigma",
+                                  "teacher_kind", "seed"}
+    assert not timing & set(pd.read_csv(results / "tables/results.csv").columns)
+    summary = (results / "stats/summary.md").read_text()
+    assert "## Cost" in summary and "cost per point" in summary and "| distill |" in summary
+    assert "Calibration: " in summary and "resources.cpu_gflops" in summary
+    assert "No data" not in (results / "plots/captions/fig8_cost.rst").read_text()
+    assert not list(results.rglob("checkpoints"))  # removed once each model was published
+    log = (results / "logs/distill/math/tiny-m__tiny-xs/fkl/t1/sft-teacher/seed1.log").read_text()
+    assert "tokens trained" in log and "peak memory" in log
+    assert "kdgrid evaluate: cost:" in (results / "logs/evaluate/math/sft/tiny-xs/seed1.log").read_text()

@@ -42,6 +42,8 @@ SFT_COMPARE = "{sft_dir}/compare/{teacher}/{teacher_kind}-teacher"  # + ".json"
 KD_COMPARE = "{kd_dir}/compare"  # + ".json"
 TABLE_CSV = "tables/results.csv"
 TABLE_PARQUET = "tables/results.parquet"
+COST_CSV = "tables/cost.csv"  # the cost ledger, one row per checkpoint (kdgrid.analysis.cost)
+COST_JOBS_CSV = "tables/cost_jobs.csv"  # and one row per job
 STATS_CSV = "stats/hypotheses.csv"
 STATS_MD = "stats/summary.md"
 PLOTS_DIR = "plots"
@@ -89,6 +91,7 @@ DEFAULT_COMPARE = {"embedding_model": "none"}
 # measures up to 11% loss error at temperature 2 and 31% at 5 with k = 64); hotter cells run the teacher.
 DEFAULT_TEACHER_CACHE = {"enabled": True, "top_k": 64, "max_temperature": 1.0}
 FAMILY_KEYS = ("tasks", "data", "training", "approx_train_examples", "approx_test_examples")
+DEFAULT_DISK = {"keep_checkpoints": False}  # a training job's checkpoints/ once its model is published
 DEFAULT_DATA = {"source": "llm-adapters", "local": None, "seed": 0, "n_train": None, "n_test": None, "limit_test": None,
                 "verify": True}
 
@@ -326,6 +329,7 @@ class Grid:
     compare: dict
     teacher_cache: dict
     resources: dict
+    disk: dict = field(default_factory=lambda: dict(DEFAULT_DISK))
     cells: list[Cell] = field(default_factory=list)
     block_cells: dict[str, list[Cell]] = field(default_factory=dict)
 
@@ -546,28 +550,26 @@ class Grid:
         return [f"{name}={fmt_number(self.models[name].size_b)}" for name in self.models if name in used]
 
     # -- resources -----------------------------------------------------------------------------
-    def resources_sft(self, run: SftRun):
-        from .resources_plan import plan_training
-
+    # What a job's resources and its estimated cost (kdgrid.cost_plan) both follow from: the arguments
+    # of kdgrid.resources_plan's training_work/plan_training and inference_work/plan_inference.
+    def sft_size(self, run: SftRun) -> tuple:
+        """(training, student_b, teacher_b, examples_seen, generated_tokens) of an SFT run."""
         fam = self.families[run.family]
-        return plan_training(self.resources, fam.training, self.models[run.model].size_b, 0.0,
-                             fam.examples_seen())
+        return fam.training, self.models[run.model].size_b, 0.0, fam.examples_seen(), 0
 
-    def resources_distill(self, cell: Cell):
-        from .resources_plan import plan_training
-
+    def distill_size(self, cell: Cell) -> tuple:
+        """(training, student_b, teacher_b, examples_seen, generated_tokens) of a KD cell; teacher_b is 0
+        when it reads the teacher-output cache or trains on the teacher's responses (seqkd)."""
         fam = self.families[cell.family]
         online_teacher = cell.method != "seqkd" and not self.uses_cache(cell)
         teacher_b = self.models[cell.teacher].size_b if online_teacher else 0.0
         generation = self.kd["gkd_max_new_tokens"] * self.kd["lmbda"] if cell.method == "gkd" else 0
-        return plan_training(self.resources, fam.training, self.models[cell.student].size_b, teacher_b,
-                             fam.examples_seen(), generated_tokens=generation)
+        return fam.training, self.models[cell.student].size_b, teacher_b, fam.examples_seen(), generation
 
-    def resources_inference(self, model: str, family: str, kind: str):
-        """kind: evaluate (generate answers to the test sets), teacher_outputs (one forward pass over the
-        training set) or teacher_responses (generate answers to the training set)."""
-        from .resources_plan import plan_inference
-
+    def inference_size(self, model: str, family: str, kind: str) -> tuple:
+        """(model_b, examples, prompt_tokens, new_tokens, batch_size) of an inference job. kind: evaluate
+        (generate answers to the test sets), teacher_outputs (one forward pass over the training set) or
+        teacher_responses (generate answers to the training set)."""
         fam = self.families[family]
         if kind == "evaluate":
             examples, new_tokens = fam.approx_test_examples, self.evaluation["max_new_tokens"]
@@ -577,8 +579,23 @@ class Grid:
             examples, new_tokens = fam.approx_train_examples, 0
         else:
             examples, new_tokens = fam.approx_train_examples, self.kd["seqkd_max_new_tokens"]
-        return plan_inference(self.resources, self.models[model].size_b, examples, fam.training["cutoff"],
-                              new_tokens, self.evaluation["batch_size"])
+        return self.models[model].size_b, examples, fam.training["cutoff"], new_tokens, self.evaluation["batch_size"]
+
+    def resources_sft(self, run: SftRun):
+        from .resources_plan import plan_training
+
+        return plan_training(self.resources, *self.sft_size(run))
+
+    def resources_distill(self, cell: Cell):
+        from .resources_plan import plan_training
+
+        return plan_training(self.resources, *self.distill_size(cell))
+
+    def resources_inference(self, model: str, family: str, kind: str):
+        """kind: evaluate, teacher_outputs or teacher_responses (see inference_size)."""
+        from .resources_plan import plan_inference
+
+        return plan_inference(self.resources, *self.inference_size(model, family, kind))
 
     # -- summaries -----------------------------------------------------------------------------
     def job_counts(self) -> dict[str, int]:
@@ -625,7 +642,7 @@ class Grid:
     def final_targets(self) -> list[str]:
         targets = [self.out(e.ckpt, "eval", "scores.json") for e in self.evaluations]
         targets += [self.out(c.id + ".json") for c in self.comparisons]
-        targets += [self.out(p) for p in (TABLE_CSV, TABLE_PARQUET, STATS_CSV, STATS_MD)]
+        targets += [self.out(p) for p in (TABLE_CSV, TABLE_PARQUET, COST_CSV, COST_JOBS_CSV, STATS_CSV, STATS_MD)]
         targets += [self.out(PLOTS_DIR, f"{name}.{ext}") for name in PLOT_NAMES for ext in ("png", "pdf")]
         targets += [self.out(PLOTS_DIR, "captions", f"{name}.rst") for name in PLOT_NAMES]
         return targets
@@ -725,6 +742,7 @@ def expand_grid(config: dict) -> Grid:
         compare=_section(config, "compare", DEFAULT_COMPARE),
         teacher_cache=_section(config, "teacher_cache", DEFAULT_TEACHER_CACHE),
         resources=_resources_section(config),
+        disk=_section(config, "disk", DEFAULT_DISK),
     )
     blocks = _as_list(config.get("blocks"), "blocks")
     if not blocks:

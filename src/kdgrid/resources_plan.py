@@ -14,6 +14,14 @@ ZeRO-3 shards the first two over the job's GPUs, not the activations. A job gets
 of two of GPUs on which it fits in `gpu_mem_gb x usable_fraction`, and ZeRO-3 when it needs more than
 one; inference jobs (evaluate, teacher outputs and responses) get one GPU unless the weights need more.
 With `accelerator: cpu` (the tiny grid) every job is one process on `cpu_threads` cores, ZeRO 0.
+
+Work of a job (`training_work`, `inference_work`: the one estimator both the runtimes here and the
+grid's cost ledger, `kdgrid.cost_plan`, use): about 6 x N x D FLOPs to train N parameters fully on D
+tokens (forward and backward), 4 x N x D with LoRA (no weight gradients), 2 x N x D for a frozen
+forward pass (an online teacher, a cache run, reading prompts); generation (GKD's on-policy batches,
+seqkd's teacher responses, evaluation) is memory bound on a GPU: a fixed time per decoding step of a
+batch; on a CPU its 2 x N FLOPs per generated token count like the rest. FLOPs divided by
+`gpu_tflops` (a sustained figure) give GPU-seconds, by `cpu_gflops` (per core) core-seconds.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ DEFAULT_RESOURCES = {
     "max_gpus_per_job": 8,  # GPUs of one node
     "cpus_per_gpu": 8,
     "gpu_tflops": 100,  # sustained bf16 TFLOP/s one GPU reaches on these jobs
+    "cpu_gflops": 80,  # accelerator cpu: sustained GFLOP/s of one core on these jobs (measured: docs/workflow.md)
     "runtime_margin": 2.0,  # estimated runtime x this, plus start-up
     "min_runtime_min": 30,
     "max_runtime_min": 2880,
@@ -59,6 +68,56 @@ class JobResources:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Work:
+    """What a job computes: `flops` of forward and backward passes, plus generation, as decoding steps
+    of a batch (GPU: memory bound, `decode_step_s` each) and as `generated_tokens` (2 x N FLOPs each
+    on a CPU, in `generation_flops`). `decode_parallel`: the decoding steps are shared by the job's
+    GPUs (training processes sample their own batches), not run by one process (inference)."""
+
+    flops: float
+    decode_steps: float = 0.0
+    decode_step_s: float = 0.0
+    generation_flops: float = 0.0
+    decode_parallel: bool = True
+
+    def gpu_wall_seconds(self, res: dict, gpus: int) -> float:
+        """Wall seconds on `gpus` GPUs of `resources.gpu_tflops` each (no start-up, no margin)."""
+        compute = self.flops / (gpus * res["gpu_tflops"] * 1e12)
+        decode = self.decode_steps * self.decode_step_s
+        return compute + (decode / gpus if self.decode_parallel else decode)
+
+    def cpu_core_seconds(self, res: dict) -> float:
+        """Core-seconds at `resources.cpu_gflops` per core (no start-up)."""
+        return (self.flops + self.generation_flops) / (res["cpu_gflops"] * 1e9)
+
+
+def decode_step_seconds(model_b: float) -> float:
+    return DECODE_STEP_S_BASE + DECODE_STEP_S_PER_B * model_b
+
+
+def training_work(training: dict, student_b: float, teacher_b: float, examples_seen: float,
+                  generated_tokens: float = 0) -> Work:
+    """An SFT run (teacher_b = 0) or a distillation cell with an online teacher of teacher_b billion
+    parameters (0 when it reads the teacher-output cache or trains on teacher responses);
+    generated_tokens: tokens the student samples per micro-batch on average (GKD: lmbda x max new tokens)."""
+    full = training["finetune"] == "full"
+    flops_per_token = ((6 if full else 4) * student_b + 2 * teacher_b) * 1e9
+    steps = examples_seen / training["micro_batch_size"]
+    decode_steps = steps * generated_tokens
+    return Work(flops=examples_seen * training["cutoff"] * flops_per_token, decode_steps=decode_steps,
+                decode_step_s=decode_step_seconds(student_b),
+                generation_flops=2 * student_b * 1e9 * decode_steps * training["micro_batch_size"])
+
+
+def inference_work(model_b: float, examples: float, prompt_tokens: int, new_tokens: int, batch_size: int) -> Work:
+    """One model reading `examples` prompts (a forward pass each) and generating up to `new_tokens`."""
+    decode_steps = math.ceil(examples / batch_size) * new_tokens
+    return Work(flops=examples * prompt_tokens * 2 * model_b * 1e9, decode_steps=decode_steps,
+                decode_step_s=decode_step_seconds(model_b), generation_flops=2 * model_b * 1e9 * examples * new_tokens,
+                decode_parallel=False)
 
 
 def _cpu_job(res: dict) -> JobResources:
@@ -106,11 +165,7 @@ def plan_training(res: dict, training: dict, student_b: float, teacher_b: float,
     what = f"training a {student_b:g}B student" + (f" with a {teacher_b:g}B teacher" if teacher_b else "")
     gpus = _gpus_for(res, sharded, activations, what)
 
-    flops_per_token = ((6 if full else 4) * student_b + 2 * teacher_b) * 1e9
-    seconds = examples_seen * training["cutoff"] * flops_per_token / (gpus * res["gpu_tflops"] * 1e12)
-    if generated_tokens:
-        steps = examples_seen / training["micro_batch_size"] / gpus
-        seconds += steps * generated_tokens * (DECODE_STEP_S_BASE + DECODE_STEP_S_PER_B * student_b)
+    seconds = training_work(training, student_b, teacher_b, examples_seen, generated_tokens).gpu_wall_seconds(res, gpus)
     host_gb = HOST_MEM_BASE_GB + gpus * HOST_MEM_GB_PER_B * (student_b + teacher_b)
     return JobResources(gpu=gpus, nproc=gpus, zero_stage=3 if gpus > 1 else 0,
                         cpus_per_gpu=int(res["cpus_per_gpu"]), threads=gpus * int(res["cpus_per_gpu"]),
@@ -124,8 +179,7 @@ def plan_inference(res: dict, model_b: float, examples: int, prompt_tokens: int,
     if res["accelerator"] == "cpu":
         return _cpu_job(res)
     gpus = _gpus_for(res, 2 * model_b, INFERENCE_OVERHEAD_GB, f"running a {model_b:g}B model")
-    seconds = examples * prompt_tokens * 2 * model_b * 1e9 / (gpus * res["gpu_tflops"] * 1e12)
-    seconds += math.ceil(examples / batch_size) * new_tokens * (DECODE_STEP_S_BASE + DECODE_STEP_S_PER_B * model_b)
+    seconds = inference_work(model_b, examples, prompt_tokens, new_tokens, batch_size).gpu_wall_seconds(res, gpus)
     host_gb = HOST_MEM_BASE_GB + HOST_MEM_GB_PER_B * model_b
     return JobResources(gpu=gpus, nproc=1, zero_stage=0, cpus_per_gpu=int(res["cpus_per_gpu"]),
                         threads=gpus * int(res["cpus_per_gpu"]), mem_mb=math.ceil(host_gb) * 1024,

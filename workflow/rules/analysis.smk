@@ -5,11 +5,16 @@ rule aggregate:
     input:
         scores=[eval_files(e.ckpt)["scores"] for e in GRID.evaluations],
         compare=[out(f"{c.id}.json") for c in GRID.comparisons],
+        train_logs=[out(run.id, "train_log.jsonl") for run in GRID.sft_runs] + [out(c.id, "train_log.jsonl") for c in GRID.cells],
     output:
         csv=report(out(TABLE_CSV), caption="../report/results_table.rst", category="Tables"),
         parquet=out(TABLE_PARQUET),
+        cost=report(out(COST_CSV), caption="../report/cost_table.rst", category="Tables"),
+        cost_jobs=out(COST_JOBS_CSV),
     params:
         sizes=flags(GRID.sizes()),
+        # the grid the cost ledger estimates (benchmarks are read from <outdir>/benchmarks/<rule>/<job>.tsv)
+        grid_config=json.dumps({k: v for k, v in config.items() if k != "disk"}, sort_keys=True, default=str),
     log:
         log_of("aggregate", "aggregate"),
     benchmark:
@@ -18,12 +23,15 @@ rule aggregate:
         ENV
     shell:
         "kdgrid aggregate --scores {input.scores} --compare {input.compare} --sizes {params.sizes}"
-        " --out-csv {output.csv} --out-parquet {output.parquet} > {log} 2>&1"
+        " --out-csv {output.csv} --out-parquet {output.parquet}"
+        " --out-cost {output.cost} --out-cost-jobs {output.cost_jobs} --grid-config {params.grid_config:q} > {log} 2>&1"
 
 
 rule stats:
     input:
         table=out(TABLE_PARQUET),
+        cost=out(COST_CSV),
+        cost_jobs=out(COST_JOBS_CSV),
     output:
         csv=report(out(STATS_CSV), caption="../report/hypotheses.rst", category="Hypothesis tests"),
         md=report(out(STATS_MD), caption="../report/summary.rst", category="Hypothesis tests"),
@@ -34,13 +42,15 @@ rule stats:
     conda:
         ENV
     shell:
-        "kdgrid stats --table {input.table} --out-csv {output.csv} --out-md {output.md} > {log} 2>&1"
+        "kdgrid stats --table {input.table} --cost {input.cost} --cost-jobs {input.cost_jobs}"
+        " --out-csv {output.csv} --out-md {output.md} > {log} 2>&1"
 
 
 # Each figure's caption is written by `kdgrid plots` beside it (it says when a figure had no data in this run).
 rule plots:
     input:
         table=out(TABLE_PARQUET),
+        cost=out(COST_CSV),
     output:
         **{
             f"{name}_png": report(
@@ -61,4 +71,4 @@ rule plots:
     conda:
         ENV
     shell:
-        "kdgrid plots --table {input.table} --out-dir {params.out_dir} > {log} 2>&1"
+        "kdgrid plots --table {input.table} --cost {input.cost} --out-dir {params.out_dir} > {log} 2>&1"

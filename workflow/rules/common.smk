@@ -1,9 +1,13 @@
 # Every decision of the workflow, made by kdgrid.grid: the rules only look jobs up here.
+import json
 import os
 import shlex
+import sys
 
 from kdgrid.errors import KdgridError
 from kdgrid.grid import (
+    COST_CSV,
+    COST_JOBS_CSV,
     KD_DIR,
     METHODS,
     MODEL_NAME_REGEX,
@@ -24,6 +28,14 @@ GRID = expand_grid(config)
 OUT = GRID.outdir
 ENV = "../../envs/kdgrid.yaml"  # relative to the rule files
 TINY_WORLD = world_fingerprint()
+# A resource, not a param: whether checkpoints/ outlives a finished job decides no result, re-runs nothing.
+KEEP_CHECKPOINTS = int(GRID.disk["keep_checkpoints"])
+
+if workflow.is_main_process:
+    # The dry run (and every run) says up front what the grid will cost: kdgrid.cost_plan.
+    from kdgrid.cost_plan import summary_line
+
+    print(summary_line(GRID), file=sys.stderr)
 
 if all(model.tiny for model in GRID.models.values()):
     # A grid of tiny models needs no model hub: its jobs (which inherit this environment) never ask it.

@@ -21,9 +21,11 @@ rule distill:
     threads: job_threads(plan_distill)
     resources:
         **job_resources(plan_distill),
+        keep_checkpoints=KEEP_CHECKPOINTS,
     conda:
         ENV
     shell:
         "kdgrid train --mode distill --model {params.student} --data {input.data} --out {params.out}"
         " {params.distill} {params.training} --cell {params.cell}"
-        " --nproc {resources.nproc} --zero-stage {resources.zero_stage} > {log} 2>&1"
+        " --nproc {resources.nproc} --zero-stage {resources.zero_stage}"
+        " --keep-checkpoints {resources.keep_checkpoints} > {log} 2>&1"

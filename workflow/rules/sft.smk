@@ -18,9 +18,11 @@ rule sft:
     threads: job_threads(plan_sft)
     resources:
         **job_resources(plan_sft),
+        keep_checkpoints=KEEP_CHECKPOINTS,
     conda:
         ENV
     shell:
         "kdgrid train --mode sft --model {params.model} --data {input.data} --out {params.out}"
         " --seed {wildcards.seed} {params.training} --cell {params.cell}"
-        " --nproc {resources.nproc} --zero-stage {resources.zero_stage} > {log} 2>&1"
+        " --nproc {resources.nproc} --zero-stage {resources.zero_stage}"
+        " --keep-checkpoints {resources.keep_checkpoints} > {log} 2>&1"

@@ -47,6 +47,13 @@ CAPTIONS = {
         f"KD improvement (points) per task and per (teacher, student, method) cell; red is a gain over the student's "
         f"SFT, blue a loss. {_IMPROVEMENT}"
     ),
+    "fig8_cost": (
+        "Is KD worth its cost? Improvement of each KD checkpoint (Average accuracy points over its student's SFT "
+        "model of the same seed; SFT teacher, no noise, every temperature) against its extra measured cost over "
+        "that SFT model, per family and method: the cell's own training, evaluation and comparison plus its share "
+        "of its teacher's SFT and evaluation and of the teacher-output cache or responses it reads, minus the SFT "
+        "model's own cost (GPU-hours on GPUs, core-seconds on CPUs; tables/cost.csv). Up and to the left is cheap gain."
+    ),
 }
 FIGURES = tuple(CAPTIONS)
 FORMATS = ("png", "pdf")

@@ -355,6 +355,33 @@ def fig7_heatmap(table, cells):
     return fig
 
 
+def fig8_cost(table, cells, cost=None):
+    if cost is None:
+        raise NoData("cost (no cost ledger given: kdgrid plots --cost tables/cost.csv)")
+    from .cost import kd_extra_cost
+
+    data, unit = kd_extra_cost(table, cost)
+    data = data.dropna(subset=["improvement", "extra_cost"])
+    if data.empty:
+        raise NoData("cost (no KD cell with a measured cost and an SFT baseline)")
+    order = ordered_methods(data["method"])
+    palette = method_palette(order)
+    data = data.assign(**{"KD method": data["method"].map(method_label)})
+    families = _families(data)
+    fig, axes = plt.subplots(1, len(families), figsize=(4.8 * len(families) + 2.2, 4.2), squeeze=False, layout="constrained")
+    for ax, family in zip(axes[0], families):
+        part = data[data["family"] == family]
+        sns.scatterplot(part, x="extra_cost", y="improvement", hue="KD method", palette=palette, s=55,
+                        hue_order=[h for h in palette if h in set(part["KD method"])], ax=ax)
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.axvline(0, color="black", linewidth=0.5, linestyle=":")
+        ax.set_title(family)
+        ax.set_xlabel(f"extra cost over SFT ({unit})")
+        ax.set_ylabel(IMPROVEMENT)
+    _shared_legend(fig, axes, "KD method")
+    return fig
+
+
 DRAW = {
     "fig1_accuracy": fig1_accuracy,
     "fig2_improvement_vs_size": fig2_improvement_vs_size,
@@ -363,7 +390,9 @@ DRAW = {
     "fig5_agreement_fidelity": fig5_agreement_fidelity,
     "fig6_ablations": fig6_ablations,
     "fig7_heatmap": fig7_heatmap,
+    "fig8_cost": fig8_cost,
 }
+NEEDS_COST = ("fig8_cost",)
 
 
 def no_data_figure(what: str):
@@ -384,8 +413,9 @@ def save(fig, out_dir: Path, name: str) -> list[Path]:
     return paths
 
 
-def draw_all(table, out_dir) -> tuple[list[Path], list[str]]:
-    """Draw every figure of FIGURES into out_dir (PNG, PDF, captions/<name>.rst).
+def draw_all(table, out_dir, cost=None) -> tuple[list[Path], list[str]]:
+    """Draw every figure of FIGURES into out_dir (PNG, PDF, captions/<name>.rst); `cost`: the cost
+    ledger (kdgrid.analysis.cost) for the figures in NEEDS_COST.
 
     Returns the files written and one message per figure drawn without data.
     """
@@ -397,7 +427,7 @@ def draw_all(table, out_dir) -> tuple[list[Path], list[str]]:
         for name in FIGURES:
             caption = CAPTIONS[name]
             try:
-                fig = DRAW[name](table, cells)
+                fig = DRAW[name](table, cells, cost) if name in NEEDS_COST else DRAW[name](table, cells)
             except NoData as e:
                 empty.append(f"{name}: no data for {e}")
                 warn(f"{name}: no data for {e}; writing a placeholder figure that says so")

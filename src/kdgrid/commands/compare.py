@@ -16,12 +16,17 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    import time
+
     from ..evaluation.compare import compare
     from ..evaluation.meta import parse_meta
+    from ..usage import cost_line
 
+    started = time.time()
     result = compare(args.student, args.teacher, args.out, args.embedding_model, parse_meta(args.meta))
     for task in result["agreement"]:
         similarity = result["embedding_similarity"][task]
         print(f"{task}\tagreement {result['agreement'][task]:.2f}\tBLEU {result['bleu'][task]:.2f}"
               + ("" if similarity is None else f"\tembedding {similarity:.3f}"))
+    print(f"kdgrid compare: {cost_line(started)}")
     return 0

@@ -26,11 +26,15 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    import time
+
     from ..data import read_data_verified
     from ..evaluation.lmeval_tasks import GenerationSettings
     from ..evaluation.meta import parse_meta
     from ..evaluation.runner import evaluate
+    from ..usage import cost_line
 
+    started = time.time()
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
     meta = parse_meta(args.meta)
     verified = read_data_verified(args.data_dir)  # None for synthetic data: no key
@@ -56,4 +60,5 @@ def run(args) -> int:
     )
     for task, accuracy in scores["accuracy"].items():
         print(f"{task}\t{accuracy:.2f}")
+    print(f"kdgrid evaluate: {cost_line(started, args.out)}")
     return 0

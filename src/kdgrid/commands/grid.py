@@ -3,15 +3,16 @@
     kdgrid grid summary [--config F]        cells per block, jobs per rule
     kdgrid grid teacher-cost [--config F]   teacher forward passes with and without the cache
     kdgrid grid cells [--config F]          one line per distillation cell (its results folder)
+    kdgrid grid cost [--config F]           estimated GPU-hours (CPU core-seconds) per rule, disk, cache saving
 """
 
 from __future__ import annotations
 
-HELP = "inspect the expanded grid of a config: cells per block, jobs per rule, teacher costs"
+HELP = "inspect the expanded grid of a config: cells per block, jobs per rule, teacher costs, estimated cost"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("view", choices=["summary", "teacher-cost", "cells"], help="what to print")
+    parser.add_argument("view", choices=["summary", "teacher-cost", "cells", "cost"], help="what to print")
     parser.add_argument("--config", default="config.yaml", help="the workflow config (default: config.yaml)")
 
 
@@ -58,6 +59,10 @@ def run(args) -> int:
         print(summary(grid))
     elif args.view == "teacher-cost":
         print(teacher_cost(grid))
+    elif args.view == "cost":
+        from ..cost_plan import report
+
+        print(report(grid))
     else:
         for cell in grid.cells:
             print(cell.id)

@@ -12,6 +12,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out-csv", required=True, metavar="FILE", help="hypotheses.csv")
     parser.add_argument("--out-md", required=True, metavar="FILE", help="summary.md")
     parser.add_argument("--out-cells", metavar="FILE", help="also write the per-cell improvements (CSV)")
+    parser.add_argument("--cost", metavar="FILE", help="the cost ledger (tables/cost.csv): adds a Cost section to the summary")
+    parser.add_argument("--cost-jobs", metavar="FILE", help="its per-job table (tables/cost_jobs.csv), with --cost")
 
 
 def write_stats(table, source: str, out_csv, out_md, out_cells=None):
@@ -35,6 +37,11 @@ def write_stats(table, source: str, out_csv, out_md, out_cells=None):
 def run(args) -> int:
     from ..analysis.table import read_table
 
-    results = write_stats(read_table(args.table), args.table, args.out_csv, args.out_md, args.out_cells)
+    table = read_table(args.table)
+    results = write_stats(table, args.table, args.out_csv, args.out_md, args.out_cells)
+    if args.cost:
+        from ..analysis.cost import append_cost_section
+
+        append_cost_section(args.out_md, table, args.cost, args.cost_jobs)
     print(f"kdgrid stats: {results['statistic'].notna().sum()} of {len(results)} tests computed -> {args.out_csv}, {args.out_md}")
     return 0

@@ -39,6 +39,9 @@ def run(args) -> int:
     import os
     import time
 
+    from ..usage import cost_line
+
+    job_started = time.time()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
@@ -75,4 +78,5 @@ def run(args) -> int:
     cache.save(args.out)
     print(f"teacher-outputs: {len(cache)} examples, {cache.meta['n_tokens']} tokens, top-{args.top_k} at "
           f"temperatures {temperatures}, widths {cache.widths}, in {time.perf_counter() - started:.1f} s -> {args.out}")
+    print(f"kdgrid teacher-outputs: {cost_line(job_started, args.out)}")
     return 0

@@ -16,15 +16,20 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    import time
+
     from ..errors import KdgridError
     from ..io import write_json
     from ..records import load_records
     from ..training.responses import greedy_responses
+    from ..usage import cost_line
+
+    started = time.time()
 
     if args.max_new_tokens < 1 or args.batch_size < 1:
         raise KdgridError("--max-new-tokens and --batch-size must be >= 1")
     records = load_records(args.data)
     responses = greedy_responses(args.teacher, records, args.max_new_tokens, args.batch_size, args.precision)
     write_json(args.out, [{**record, "output": response} for record, response in zip(records, responses)])
-    print(f"kdgrid teacher-responses: wrote {len(records)} records to {args.out}")
+    print(f"kdgrid teacher-responses: wrote {len(records)} records to {args.out} | {cost_line(started, args.out)}")
     return 0

@@ -19,7 +19,7 @@ KILL_AT_STEP_ENV = "KDGRID_TEST_KILL_AT_STEP"
 
 class StepLogCallback(TrainerCallback):
     """Appends one JSON line per optimizer step (main process only): step, epoch, loss, lr,
-    grad_norm, tokens/s, memory MB."""
+    grad_norm, tokens (all processes), tokens/s, memory MB."""
 
     def __init__(self, path: Path, is_main: bool):
         self.path = Path(path)
@@ -34,6 +34,7 @@ class StepLogCallback(TrainerCallback):
             "loss": logs["loss"],
             "lr": logs.get("learning_rate"),
             "grad_norm": logs.get("grad_norm"),
+            "tokens": logs.get("tokens"),
             "tokens_per_s": logs.get("tokens_per_s"),
             "memory_mb": logs.get("memory_mb"),
         }

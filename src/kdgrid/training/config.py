@@ -58,6 +58,7 @@ class TrainConfig:
     loss_version: int | None = None
     nproc: int = 1
     cell: str | None = None
+    keep_checkpoints: bool = False  # keep checkpoints/ once model/ is published (decides nothing the model depends on)
 
     @classmethod
     def from_args(cls, args) -> TrainConfig:
@@ -65,6 +66,10 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def identity(self) -> dict:
+        """What a checkpoint of this run depends on: everything but what only decides its clean-up."""
+        return {k: v for k, v in self.to_dict().items() if k != "keep_checkpoints"}
 
     @property
     def cell_name(self) -> str:

@@ -3,7 +3,8 @@
 Layout of a cell folder CELL_DIR:
   model/             the trained model, a HF folder (LoRA merged), written atomically at the end;
   train_log.jsonl    config line, one line per optimizer step, resume events, a final line;
-  checkpoints/       resumable Trainer checkpoints (+ the in-progress log), removed once model/ exists.
+  checkpoints/       resumable Trainer checkpoints (+ the in-progress log), removed once model/ and
+                     train_log.jsonl are published (kept with --keep-checkpoints).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def prepare_checkpoints(cfg: TrainConfig, checkpoints: Path) -> tuple[Path | Non
     """(checkpoint to resume from or None, why). Checkpoints of a different config are discarded,
     as are half-written ones (a job killed while saving). Runs on the main process only."""
     config_file = checkpoints / CONFIG_FILE
-    wanted = json.dumps(cfg.to_dict(), sort_keys=True)
+    wanted = json.dumps(cfg.identity(), sort_keys=True)
     if checkpoints.is_dir():
         saved = config_file.read_text(encoding="utf-8") if config_file.is_file() else None
         if saved != wanted:
@@ -213,14 +214,26 @@ def _train_in_this_process(cfg: TrainConfig) -> None:
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     _export(trainer, cfg, tokenizer, model_dir, precision, is_main)
     if is_main:
+        from ..usage import folder_bytes, peak_rss_mb
+
         rows = read_jsonl(progress_log)
-        losses = [r["loss"] for r in rows if "step" in r]
-        rows.append({"event": "done", "steps": trainer.state.global_step,
-                     "mean_loss": sum(losses) / max(len(losses), 1),
-                     "last_session_wall_s": round(time.time() - started, 2)})
+        steps = [r for r in rows if "step" in r]
+        losses = [r["loss"] for r in steps]
+        done = {"event": "done", "steps": trainer.state.global_step, "mean_loss": sum(losses) / max(len(losses), 1),
+                "last_session_wall_s": round(time.time() - started, 2),
+                "tokens": sum(r.get("tokens") or 0 for r in steps),
+                "peak_memory_mb": max((r.get("memory_mb") or 0 for r in steps), default=0),
+                "peak_rss_mb": round(peak_rss_mb(), 1),
+                "checkpoint_bytes": folder_bytes(checkpoints), "model_bytes": folder_bytes(model_dir)}
+        rows.append(done)
         write_jsonl(final_log, rows)
-        shutil.rmtree(checkpoints, ignore_errors=True)
-        print(f"kdgrid train [{cfg.cell_name}]: wrote {model_dir} after {trainer.state.global_step} steps", flush=True)
+        if not cfg.keep_checkpoints:  # only now: model/ and the log are published, nothing needs to resume
+            shutil.rmtree(checkpoints, ignore_errors=True)
+        print(f"kdgrid train [{cfg.cell_name}]: wrote {model_dir} after {trainer.state.global_step} steps | "
+              f"cost: {done['last_session_wall_s']:.1f} s wall (this session), {done['tokens']:,} tokens trained, "
+              f"peak memory {done['peak_memory_mb']:.0f} MB, model {done['model_bytes'] / 1e6:.1f} MB, "
+              f"checkpoints {done['checkpoint_bytes'] / 1e6:.1f} MB "
+              f"({'kept' if cfg.keep_checkpoints else 'removed'})", flush=True)
     _barrier()
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()

@@ -171,12 +171,13 @@ class KDTrainer(Trainer):
     # --- logging -------------------------------------------------------------------------------
 
     def log(self, logs: dict, start_time: float | None = None) -> None:
-        """Add tokens/s (all processes) and peak memory to each step's log."""
+        """Add the tokens of the step, tokens/s (all processes) and peak memory to each step's log."""
         if "loss" in logs:
             tokens = self._tokens_since_log.clone()
             if self.args.world_size > 1:
                 torch.distributed.all_reduce(tokens)
             now = time.perf_counter()
+            logs["tokens"] = int(tokens)
             logs["tokens_per_s"] = round(int(tokens) / max(now - self._last_log_time, 1e-9), 1)
             logs["memory_mb"] = round(peak_memory_mb(), 1)
             self._tokens_since_log.zero_()
