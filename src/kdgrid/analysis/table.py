@@ -11,7 +11,9 @@ Columns (TABLE_COLUMNS):
   checkpoint against the same teacher (from the SFT student's compare.json for that teacher), so a
   KD row carries both sides of the SFT-vs-KD comparison. SFT rows themselves have no teacher.
 - student_size_b (size of `model` for base/sft rows, of the student for KD rows), teacher_size_b,
-  in billions of parameters.
+  in billions of parameters;
+- model_revision, teacher_revision: the hub commits `model` and (KD rows) its teacher were fetched at
+  (`kdgrid.hub`; empty for tiny and `path:` models), from the evaluation's meta.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ SFT_METRICS = tuple(f"sft_{m}" for m in METRICS)
 TABLE_COLUMNS = [
     "family", "task", "role", "cell", "model", "teacher", "student", "method", "temperature",
     "noise_sigma", "teacher_kind", "seed", "accuracy", "n_items", *METRICS, *SFT_METRICS,
-    "student_size_b", "teacher_size_b",
+    "student_size_b", "teacher_size_b", "model_revision", "teacher_revision",
 ]
 
 
@@ -54,7 +56,7 @@ def parse_sizes(items: list[str] | None) -> dict[str, float]:
 
 
 def model_size(name: str, sizes: dict[str, float]) -> float:
-    """A model's size in billions: from `sizes` first, else from the model registry."""
+    """A model's size in billions: from `sizes` first (the config's models), else a tiny model's own."""
     if name in sizes:
         return sizes[name]
     from ..models import get_model
@@ -136,6 +138,8 @@ def _checkpoint(path: Path, obj) -> dict:
         "n_items": {t: _number(v, path, f"n.{t}", int) for t, v in n_items.items() if t != AVERAGE},
         "compare": {},
         "sft_compare": {},
+        "model_revision": meta.get("model_revision"),
+        "teacher_revision": meta.get("teacher_revision") if role == "kd" else None,
     }
 
 
@@ -241,6 +245,7 @@ def build_table(scores_paths, compare_paths, sizes: dict[str, float]):
                                       "temperature", "noise_sigma", "teacher_kind", "seed")}
         ident["student_size_b"] = model_size(ckpt["model"], sizes)
         ident["teacher_size_b"] = model_size(ckpt["teacher"], sizes) if ckpt["teacher"] else None
+        ident.update(model_revision=ckpt["model_revision"], teacher_revision=ckpt["teacher_revision"])
         per_task = []
         for task in own_tasks:
             row = {**ident, "task": task, "accuracy": ckpt["accuracy"][task], "n_items": ckpt["n_items"].get(task)}
