@@ -213,3 +213,14 @@ def test_models_list_shows_a_configs_models_and_their_revisions(tmp_path, capsys
     out = capsys.readouterr().out
     assert f"pinned {'c' * 40}, not fetched" in out and f"locked {'d' * 40}" in out
     assert "hub: meta-llama/Llama-3.1-8B" in out and "tiny-xs" in out
+
+
+def test_evaluation_takes_any_folder_or_hub_id_not_only_the_studys(tmp_path):
+    from kdgrid.evaluation.runner import resolve_model
+
+    assert resolve_model(HUB_ID) == HUB_ID  # a hub id no list in the package names
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    assert resolve_model(str(tmp_path / "m")) == str((tmp_path / "m").resolve())
+    with pytest.raises(KdgridError, match="checkpoint folder not found, and not a hub id"):
+        resolve_model(str(tmp_path / "results" / "math" / "missing"))

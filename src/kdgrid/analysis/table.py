@@ -35,6 +35,7 @@ TABLE_COLUMNS = [
     "noise_sigma", "teacher_kind", "seed", "accuracy", "n_items", *METRICS, *SFT_METRICS,
     "student_size_b", "teacher_size_b", "model_revision", "teacher_revision",
 ]
+REVISION_COLUMNS = ("model_revision", "teacher_revision")
 
 
 def warn(message: str) -> None:
@@ -300,9 +301,12 @@ def read_table(path):
     if path.suffix == ".parquet":
         table = pd.read_parquet(path)
     elif path.suffix == ".csv":
-        table = pd.read_csv(path)
+        table = pd.read_csv(path, dtype={c: str for c in REVISION_COLUMNS})
     else:
         raise KdgridError(f"{path}: expected a .csv or .parquet results table")
     if "seed" in table.columns:
         table["seed"] = pd.array(pd.to_numeric(table["seed"], errors="coerce"), dtype="Int64")
+    for column in REVISION_COLUMNS:  # commits are text; an empty one is None in either format
+        if column in table.columns:
+            table[column] = table[column].astype(object).where(table[column].notna(), None)
     return table

@@ -39,7 +39,7 @@ def resolve_model(model: str) -> str:
         return str(path.resolve())
     if re.fullmatch(HUB_ID_REGEX, model):
         return model
-    raise KdgridError(f"{model}: no such model folder, and not a hub id (owner/name)")
+    raise KdgridError(f"{model}: checkpoint folder not found, and not a hub id (owner/name)")
 
 
 def find_test_sets(data_dir, family: str, tasks: list[str] | None = None) -> dict[str, Path]:
