@@ -71,7 +71,7 @@ def test_every_job_that_loads_a_hub_model_takes_its_fetched_folder(workdir):
     def upstream_fetches(i):
         seen, todo, found = set(), [i], set()
         while todo:
-            rule, _, inputs, _ = jobs[todo.pop()]
+            _, _, inputs, _ = jobs[todo.pop()]
             for path in inputs:
                 if path in fetched.values():
                     found.add(path)

@@ -136,8 +136,12 @@ def needed_files(siblings: list[str]) -> list[str]:
 
 
 def _hub_error(name: str, hub_id: str, revision: str, endpoint: str, error: Exception) -> KdgridError:
-    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, RepositoryNotFoundError,
-                                        RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     where = f"model {name} ({hub_id})"
     status = getattr(getattr(error, "response", None), "status_code", None)

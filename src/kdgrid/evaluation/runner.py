@@ -16,8 +16,8 @@ import tempfile
 from pathlib import Path
 
 from ..errors import KdgridError
-from ..io import atomic_dir, read_json, write_json, write_jsonl
 from ..hub import revisions_of
+from ..io import atomic_dir, read_json, write_json, write_jsonl
 from ..tasks import get_task, tasks_of
 from .lmeval_tasks import FILTER_NAME, METRIC, GenerationSettings, write_task_configs
 
