@@ -3,7 +3,6 @@ fetch runs against a stand-in hub on 127.0.0.1 (tests/hub_stand_in.py) serving a
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -225,36 +224,3 @@ def test_evaluation_takes_any_folder_or_hub_id_not_only_the_studys(tmp_path):
     assert resolve_model(str(tmp_path / "m")) == str((tmp_path / "m").resolve())
     with pytest.raises(KdgridError, match="checkpoint folder not found, and not a hub id"):
         resolve_model(str(tmp_path / "results" / "math" / "missing"))
-
-
-@pytest.mark.slow
-def test_the_real_checkpoint_served_as_a_hub_model_is_fetched_and_evaluated_offline(tmp_path):
-    """SmolLM2-135M-Instruct (tests/real_checkpoint.py) under its real hub id, fetched as the fetch_model
-    rule fetches it, then evaluated from the fetched folder with the hub offline."""
-    import real_checkpoint
-
-    real = real_checkpoint.ensure()
-    hub_id = "HuggingFaceTB/SmolLM2-135M-Instruct"
-    data = tmp_path / "data"
-    (data / "test").mkdir(parents=True)
-    shutil.copy(ROOT / "tests/fixtures/paper_testsets/gsm8k/test.json", data / "test/gsm8k.json")
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf-home"), "OMP_NUM_THREADS": "1"}
-    with HubStandIn() as hub:
-        commit = hub.serve(hub_id, real.teacher)
-        fetch = subprocess.run([sys.executable, "-m", "kdgrid", "models", "fetch", "SmolLM2-135M", "--hub-id", hub_id,
-                                "--lock", str(tmp_path / "hub" / LOCK_NAME), "--out", str(tmp_path / "hub/SmolLM2-135M")],
-                               env={**env, "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0"}, capture_output=True,
-                               text=True, timeout=300, check=False)
-        assert fetch.returncode == 0, fetch.stderr[-2000:]
-    folder = tmp_path / "hub/SmolLM2-135M"
-    assert sorted(os.listdir(folder)) == sorted([*os.listdir(real.teacher), FETCH_RECORD])  # chat template too
-    for name in os.listdir(real.teacher):
-        assert (folder / name).read_bytes() == (real.teacher / name).read_bytes(), name
-    evaluate = subprocess.run([sys.executable, "-m", "kdgrid", "evaluate", "--model", str(folder), "--data-dir", str(data),
-                               "--family", "math", "--tasks", "gsm8k", "--limit", "2", "--max-new-tokens", "16",
-                               "--out", str(tmp_path / "eval"), "--meta", "cell=math/base/SmolLM2-135M", "role=base"],
-                              env={**env, "HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9"},
-                              capture_output=True, text=True, timeout=600, check=False)
-    assert evaluate.returncode == 0, evaluate.stderr[-3000:]
-    scores = json.loads((tmp_path / "eval/scores.json").read_text())
-    assert scores["meta"]["model_revision"] == commit and scores["n"] == {"gsm8k": 2}

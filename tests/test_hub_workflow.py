@@ -6,6 +6,7 @@ would fetch another revision fails at the fetch, leaving no folder."""
 
 import copy
 import json
+import os
 import shutil
 
 import pytest
@@ -122,3 +123,35 @@ def test_a_re_run_that_resolves_another_revision_fails_at_the_fetch(finished, se
     assert sorted(p.name for p in models_dir.iterdir() if not p.name.startswith(".")) == [LOCK_NAME, "teacher-y"]
     assert not [p for p in models_dir.iterdir() if p.name.endswith(".tmp")]
     assert not (workdir / "results-next-month/math/base/student-x/eval").exists()
+
+
+def test_the_real_checkpoint_served_as_a_hub_model_runs_through_fetch_and_evaluation(tmp_path, monkeypatch):
+    """SmolLM2-135M-Instruct (tests/real_checkpoint.py) under its real hub id: the fetch_model rule
+    downloads it from the stand-in, and its base evaluation runs offline from the fetched folder."""
+    import real_checkpoint
+
+    real = real_checkpoint.ensure()
+    workdir = copy_workflow(tmp_path / "real-grid")
+    config = copy.deepcopy(load_config(ROOT / "config/tiny-ci.yaml"))
+    config["models_dir"] = str(tmp_path / "hub")
+    config["models"] = {"SmolLM2-135M": {"hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct", "size_b": 0.135},
+                        "SmolLM2-10L": {"hub_id": "kdgrid-tests/SmolLM2-10-layers", "size_b": 0.05}}
+    config["pairs"] = {"SmolLM2-135M": ["SmolLM2-10L"]}
+    config["families"].pop("commonsense")
+    config["blocks"] = [{"name": "main", "families": ["math"], "methods": ["fkl"]}]
+    config["evaluation"].update(limit=2, max_new_tokens=16)
+    path = write_config(workdir / "real.yaml", config)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    with HubStandIn() as hub:
+        commit = hub.serve("HuggingFaceTB/SmolLM2-135M-Instruct", real.teacher)
+        hub.serve("kdgrid-tests/SmolLM2-10-layers", real.student)
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        run = snakemake(workdir, "--configfile", str(path), "--cores", "2", "results/math/base/SmolLM2-135M/eval/scores.json",
+                        timeout=900)
+    assert run.returncode == 0, run.stderr[-5000:]
+    assert job_table(run.stdout + run.stderr) == {"fetch_model": 1, "prepare_data": 1, "evaluate": 1}
+    folder = tmp_path / "hub" / "SmolLM2-135M"
+    for name in os.listdir(real.teacher):  # every file of the checkpoint (chat template too), byte for byte
+        assert (folder / name).read_bytes() == (real.teacher / name).read_bytes(), name
+    scores = json.loads((workdir / "results/math/base/SmolLM2-135M/eval/scores.json").read_text())
+    assert scores["meta"]["model_revision"] == commit and scores["n"] == {"syn_arith": 2}
