@@ -40,6 +40,7 @@ localrules:
     all,
     prepare_data,
     materialise_model,
+    fetch_model,
     aggregate,
     stats,
     plots,

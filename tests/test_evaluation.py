@@ -76,7 +76,8 @@ def test_tiny_model_end_to_end_writes_consistent_outputs(tiny_eval, data):
     rows = read_jsonl(tiny_eval / "records.jsonl")
     tasks = ["syn_arith", "syn_twostep", "syn_choice"]
     assert scores["family"] == "math"
-    assert scores["meta"] == {"role": "base", "seed": 1, "cell": "math/base/tiny-xs"}
+    assert scores["meta"] == {"role": "base", "seed": 1, "cell": "math/base/tiny-xs",
+                              "model_revision": None, "teacher_revision": None}  # a tiny model: no hub revision
     assert scores["n"] == {t: 4 for t in tasks}
     assert list(scores["accuracy"]) == tasks + ["Average"]
     assert scores["settings"]["max_new_tokens"] == 24 and scores["settings"]["sampling"] is False

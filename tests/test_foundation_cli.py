@@ -29,8 +29,8 @@ def test_models_materialise(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("name, message", [
-    ("Qwen2.5-7B", "hub model: it is loaded by its hub id \\(Qwen/Qwen2.5-7B\\)"),
-    ("tiny-xxl", "unknown model 'tiny-xxl'; known models: .*tiny-l.*tiny-xs"),
+    ("Qwen2.5-7B", "unknown tiny model 'Qwen2.5-7B'; tiny models: tiny-l.*tiny-xs .*declared in config"),
+    ("tiny-xxl", "unknown tiny model 'tiny-xxl'; tiny models: tiny-l.*tiny-xs"),
 ])
 def test_models_materialise_errors(tmp_path, capsys, name, message):
     assert main(["models", "materialise", name, "--out", str(tmp_path / "m")]) == 2

@@ -50,6 +50,7 @@ def test_paper_grid_job_counts(paper):
     assert counts["compare"] == 119 + 2 * 16
     assert counts["prepare_data"] == 2
     assert counts["materialise_model"] == 0
+    assert counts["fetch_model"] == 8  # every hub model, once
     assert counts["teacher_responses"] == 0
     # per family, the teachers of fkl/rkl cells at temperature 1 (hotter cells run the teacher online):
     # SFT 3B, 7B, 14B and Llama-8B; base 3B and 7B
@@ -189,7 +190,7 @@ def test_distill_flags_carry_the_method_settings_it_reads(paper, paper_config):
     noisy = paper.distill_args(cells["math/Qwen2.5-3B__Qwen2.5-0.5B/fkl/t1/noise5/seed42"])
     assert noisy[noisy.index("--noise-sigma") + 1] == "5" and "--teacher-cache" not in noisy
     base = paper.distill_args(cells["math/Qwen2.5-7B__Qwen2.5-1.5B/fkl/t1/base-teacher/seed42"])
-    assert base[base.index("--teacher") + 1] == "Qwen/Qwen2.5-7B"
+    assert base[base.index("--teacher") + 1] == "resources/hub/Qwen2.5-7B"  # the fetched folder (fetch_model)
     lora = paper.training_args("math")
     assert lora[lora.index("--lora-r") + 1] == "8" and lora[lora.index("--epochs") + 1] == "4"
     assert base[base.index("--teacher-cache") + 1].endswith("teacher_outputs/Qwen2.5-7B/base/t1/topk64.pt")

@@ -2,6 +2,7 @@
 tiny profile's config, config errors that name their key and value, and a clean lint."""
 
 import copy
+import re
 import time
 from pathlib import Path
 
@@ -22,21 +23,78 @@ def test_paper_grid_dry_run_shows_the_study_in_under_15_s(workdir):
     elapsed = time.perf_counter() - start
     assert run.returncode == 0, run.stderr[-3000:]
     counts = job_table(run.stdout + run.stderr)
-    assert counts == {"prepare_data": 2, "sft": 16, "teacher_outputs": 12, "distill": 119, "evaluate": 151,
-                      "compare": 151, "aggregate": 1, "stats": 1, "plots": 1, "all": 1}
+    assert counts == {"fetch_model": 8, "prepare_data": 2, "sft": 16, "teacher_outputs": 12, "distill": 119,
+                      "evaluate": 151, "compare": 151, "aggregate": 1, "stats": 1, "plots": 1, "all": 1}
     assert elapsed < 15, f"snakemake -n took {elapsed:.1f} s"
     # the dry run says what the grid will cost (kdgrid.cost_plan), once, before the job table
     assert run.stderr.count("kdgrid: estimated cost of this grid:") == 1
     assert "GPU-hours (sft" in run.stderr
+    assert "8 hub model(s) to fetch into resources/hub/: about 76 GB" in run.stderr
 
 
-def test_tiny_profile_runs_the_tiny_grid_alone(workdir):
-    run = snakemake(workdir, "--profile", "profiles/tiny", "-n")
+def _planned_jobs(output):
+    """(rule, wildcards, inputs, outputs) of every job a dry run lists."""
+    jobs = []
+    for line in output.splitlines():
+        line = line.strip()
+        m = re.match(r"^(?:local)?rule (\w+):$", line)
+        if m:
+            jobs.append((m.group(1), {}, [], []))
+        elif jobs and line.startswith(("input:", "output:", "wildcards:")):
+            key, _, values = line.partition(": ")
+            items = [v.strip() for v in values.split(",")]
+            if key == "wildcards":
+                jobs[-1][1].update(v.split("=", 1) for v in items)
+            else:
+                jobs[-1][2 if key == "input" else 3].extend(items)
+    return jobs
+
+
+def test_every_job_that_loads_a_hub_model_takes_its_fetched_folder(workdir):
+    grid = expand_grid(_paper_config())
+    run = snakemake(workdir, "-n")
     assert run.returncode == 0, run.stderr[-3000:]
-    out = run.stdout + run.stderr
-    expected = {rule: n for rule, n in expand_grid(load_config(ROOT / "config/tiny.yaml")).job_counts().items() if n}
-    assert job_table(out) == {**expected, "all": 1}
-    assert "Qwen" not in out  # config/tiny.yaml replaced config.yaml rather than merging into it
+    jobs = _planned_jobs(run.stdout)
+    fetched = {wc["model"]: out[0] for rule, wc, _, out in jobs if rule == "fetch_model"}
+    assert fetched == {name: f"resources/hub/{name}" for name in grid.models}  # one fetch per hub model
+    made_by = {o: i for i, (_, _, _, outputs) in enumerate(jobs) for o in outputs}
+
+    def loads(rule, wc):
+        """The hub models whose base weights a job reads (the others reach it through checkpoints)."""
+        if rule == "sft":
+            return {wc["model"]}
+        if rule == "distill":
+            return {wc["student"]} | ({wc["teacher"]} if wc["ablation"] == "base-teacher" else set())
+        if rule in ("teacher_outputs", "teacher_responses"):
+            return {wc["teacher"]} if wc["teacher_kind"] == "base" else set()
+        if rule == "evaluate" and grid.evaluations_by_ckpt[wc["ckpt"]].role == "base":
+            return {grid.evaluations_by_ckpt[wc["ckpt"]].model}
+        return set()
+
+    def upstream_fetches(i):
+        seen, todo, found = set(), [i], set()
+        while todo:
+            _, _, inputs, _ = jobs[todo.pop()]
+            for path in inputs:
+                if path in fetched.values():
+                    found.add(path)
+                elif path in made_by and made_by[path] not in seen:
+                    seen.add(made_by[path])
+                    todo.append(made_by[path])
+        return found
+
+    checked = 0
+    for i, (rule, wc, inputs, _) in enumerate(jobs):
+        for model in loads(rule, wc):
+            assert fetched[model] in inputs, (rule, wc, model)
+            checked += 1
+        if rule in ("sft", "distill", "evaluate", "teacher_outputs"):  # its model(s) fetched before it runs
+            assert upstream_fetches(i), (rule, wc)
+    base_teacher_cells = [c for c in grid.cells if c.teacher_kind == "base"]
+    base_teacher_caches = [t for t in grid.teacher_outputs if t.teacher_kind == "base"]
+    base_evaluations = [e for e in grid.evaluations if e.role == "base"]
+    assert base_teacher_cells and checked == (len(grid.sft_runs) + len(grid.cells) + len(base_teacher_cells)
+                                              + len(base_teacher_caches) + len(base_evaluations))
 
 
 def _paper_config():

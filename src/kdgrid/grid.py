@@ -19,6 +19,7 @@ from functools import cached_property
 
 from .analysis.captions import FIGURES
 from .errors import KdgridError, unknown
+from .hub import COMMIT_REGEX, LOCK_NAME, estimated_bytes, fetch_record
 from .tasks import tasks_of
 from .training.config import LOSS_VERSIONS
 
@@ -49,6 +50,7 @@ STATS_MD = "stats/summary.md"
 PLOTS_DIR = "plots"
 
 MODEL_NAME_REGEX = r"[A-Za-z0-9.\-]+(?:_[A-Za-z0-9.\-]+)*"  # no "__": it separates teacher and student
+DEFAULT_MODELS_DIR = "resources/hub"  # hub models, fetched once (kdgrid.hub); put it on a shared file system
 
 DEFAULT_TRAINING = {
     "finetune": "lora",
@@ -122,6 +124,7 @@ class ModelSpec:
     hub_id: str | None = None
     path: str | None = None  # a local mirror of the hub model (air-gapped clusters)
     tiny: bool = False
+    revision: str | None = None  # a hub model's pinned commit (None: locked at its first fetch)
 
 
 @dataclass(frozen=True)
@@ -257,7 +260,11 @@ def _models(config: dict) -> dict[str, ModelSpec]:
         tiny = bool(spec.get("tiny", False))
         if not tiny and not (spec.get("hub_id") or spec.get("path")):
             raise KdgridError(f"config key models.{name}: give a hub_id (or a local path), or tiny: true")
-        models[name] = ModelSpec(name, float(spec["size_b"]), spec.get("hub_id"), spec.get("path"), tiny)
+        revision = spec.get("revision")
+        if revision is not None and (tiny or spec.get("path") or not re.fullmatch(COMMIT_REGEX, str(revision))):
+            raise KdgridError(f"config key models.{name}.revision: {revision!r}: a hub model's revision is a commit "
+                              "(40 hex digits); tiny and path: models have none")
+        models[name] = ModelSpec(name, float(spec["size_b"]), spec.get("hub_id"), spec.get("path"), tiny, revision)
     if not models:
         raise KdgridError("config key 'models' is empty: list the teachers and students with their sizes")
     return models
@@ -332,6 +339,7 @@ class Grid:
     disk: dict = field(default_factory=lambda: dict(DEFAULT_DISK))
     cells: list[Cell] = field(default_factory=list)
     block_cells: dict[str, list[Cell]] = field(default_factory=dict)
+    models_dir: str = DEFAULT_MODELS_DIR
 
     # -- paths ---------------------------------------------------------------------------------
     def out(self, *parts: str) -> str:
@@ -350,11 +358,56 @@ class Grid:
         spec = self.models[name]
         if spec.tiny:
             return self.tiny_model_dir(name)
-        return spec.path or spec.hub_id
+        if self.is_hub(name):
+            return self.hub_model_dir(name)
+        return spec.path
 
     def model_files(self, name: str) -> list[str]:
         """The workflow files a model's base weights come from (a materialised tiny model), if any."""
+        if self.is_hub(name):
+            return [self.hub_model_dir(name)]
         return [self.tiny_model_dir(name)] if self.models[name].tiny else []
+
+    # -- hub models: fetched once into models_dir (kdgrid.hub) ---------------------------------
+    def is_hub(self, name: str) -> bool:
+        spec = self.models[name]
+        return not spec.tiny and not spec.path
+
+    def hub_model_dir(self, name: str) -> str:
+        return os.path.join(self.models_dir, name)
+
+    @property
+    def hub_lock_file(self) -> str:
+        return os.path.join(self.models_dir, LOCK_NAME)
+
+    def revision_param(self, name: str) -> str:
+        """A model's revision as the jobs that use it see it (a param: a new pinned commit re-runs them):
+        the pinned commit, `locked` (the commit of the first fetch, which can never change), or "" for a
+        tiny or path: model."""
+        if not self.is_hub(name):
+            return ""
+        return self.models[name].revision or "locked"
+
+    def teacher_revision_param(self, teacher: str, teacher_kind: str) -> str:
+        """The revision of a base teacher a job loads directly; an SFT teacher is an input checkpoint."""
+        return self.revision_param(teacher) if teacher_kind == "base" else ""
+
+    def fetch_args(self, name: str) -> list[str]:
+        spec = self.models[name]
+        args = ["--hub-id", spec.hub_id, "--lock", self.hub_lock_file]
+        return args + (["--revision", spec.revision] if spec.revision else [])
+
+    def fetch_disk(self) -> dict:
+        """Disk the grid's hub models take: measured for the fetched ones (their files), estimated from
+        size_b at 2 bytes per parameter (bf16 safetensors) for the others."""
+        fetched, to_fetch = {}, {}
+        for name in self.hub_models:
+            record = fetch_record(self.hub_model_dir(name)) if os.path.isdir(self.hub_model_dir(name)) else None
+            if record is not None:
+                fetched[name] = int(record.get("bytes", 0))
+            else:
+                to_fetch[name] = estimated_bytes(self.models[name].size_b)
+        return {"fetched": fetched, "to_fetch": to_fetch}
 
     def teacher_ckpt(self, family: str, teacher: str, teacher_kind: str) -> str:
         """The cell id of the checkpoint a teacher signal comes from (its evaluation is `<id>/eval/`)."""
@@ -474,6 +527,11 @@ class Grid:
     @cached_property
     def teacher_responses_by_path(self) -> dict[str, TeacherResponses]:
         return {t.path: t for t in self.teacher_responses}
+
+    @cached_property
+    def hub_models(self) -> list[str]:
+        used = {m: None for models in self.models_of_family.values() for m in models}
+        return [m for m in used if self.is_hub(m)]
 
     @cached_property
     def tiny_models(self) -> list[str]:
@@ -603,6 +661,7 @@ class Grid:
         return {
             "prepare_data": len(self.models_of_family),
             "materialise_model": len(self.tiny_models),
+            "fetch_model": len(self.hub_models),
             "sft": len(self.sft_runs),
             "teacher_outputs": len(self.teacher_outputs),
             "teacher_responses": len(self.teacher_responses),
@@ -743,6 +802,7 @@ def expand_grid(config: dict) -> Grid:
         teacher_cache=_section(config, "teacher_cache", DEFAULT_TEACHER_CACHE),
         resources=_resources_section(config),
         disk=_section(config, "disk", DEFAULT_DISK),
+        models_dir=str(config.get("models_dir") or DEFAULT_MODELS_DIR).rstrip("/"),
     )
     blocks = _as_list(config.get("blocks"), "blocks")
     if not blocks:

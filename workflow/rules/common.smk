@@ -1,6 +1,7 @@
 # Every decision of the workflow, made by kdgrid.grid: the rules only look jobs up here.
 import json
 import os
+import re
 import shlex
 import sys
 
@@ -37,9 +38,29 @@ if workflow.is_main_process:
 
     print(summary_line(GRID), file=sys.stderr)
 
-if all(model.tiny for model in GRID.models.values()):
-    # A grid of tiny models needs no model hub: its jobs (which inherit this environment) never ask it.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# No job asks the model hub: tiny models are built locally, path: models are folders, and hub models are
+# fetched once by the local rule fetch_model (the only one that goes online) into GRID.models_dir. Jobs
+# inherit this environment, on the cluster too.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+HUB_MODEL_REGEX = "|".join(re.escape(name) for name in GRID.hub_models) or "(?!)"
+
+
+def hub_disk_summary():
+    """What the fetched hub models take on disk: one line for the dry run, before the job table."""
+    from kdgrid.hub import format_bytes
+
+    disk = GRID.fetch_disk()
+    if not disk["to_fetch"]:
+        return None
+    line = (f"kdgrid: {len(disk['to_fetch'])} hub model(s) to fetch into {GRID.models_dir}/: about "
+            f"{format_bytes(sum(disk['to_fetch'].values()))} (estimated from size_b at 2 bytes per parameter)")
+    if disk["fetched"]:
+        line += f"; {len(disk['fetched'])} fetched already: {format_bytes(sum(disk['fetched'].values()))}"
+    return line
+
+
+if workflow.is_main_process and hub_disk_summary():
+    print(hub_disk_summary(), file=sys.stderr)
 
 
 wildcard_constraints:
@@ -130,6 +151,12 @@ def checkpoint_model(ckpt):
     if ev.role == "base":
         return GRID.model_ref(ev.model)
     return out(ckpt, "model")
+
+
+def base_model_revision(ckpt):
+    """The revision a base-model evaluation loads (a trained checkpoint is an input folder instead)."""
+    ev = GRID.evaluations_by_ckpt[ckpt]
+    return GRID.revision_param(ev.model) if ev.role == "base" else ""
 
 
 def checkpoint_files(ckpt):

@@ -10,6 +10,8 @@ rule distill:
         train_log=out(KD_DIR, "train_log.jsonl"),
     params:
         student=lambda w: GRID.model_ref(w.student),
+        model_revision=lambda w: GRID.revision_param(w.student),
+        teacher_revision=lambda w: GRID.teacher_revision_param(w.teacher, kd_cell(w).teacher_kind),
         training=lambda w: flags(GRID.training_args(w.family)),
         distill=lambda w: flags(GRID.distill_args(kd_cell(w))),
         cell=lambda w: kd_cell(w).id,

@@ -8,6 +8,7 @@ rule evaluate:
         **eval_files("{ckpt}"),
     params:
         model=lambda w: checkpoint_model(evaluation(w).ckpt),
+        model_revision=lambda w: base_model_revision(evaluation(w).ckpt),
         family=lambda w: evaluation(w).family,
         data_dir=lambda w, input: os.path.dirname(input.test),
         tasks=lambda w: ",".join(GRID.families[evaluation(w).family].tasks),

@@ -1,5 +1,6 @@
-# Tiny models are built locally from their spec (no hub); hub models need no rule: the jobs that use
-# them load them by hub id, or from the local mirror folder given as `models.<name>.path`.
+# Tiny models are built locally from their spec (no hub); hub models are fetched once, where Snakemake
+# runs (the login node), into models_dir at their pinned or locked revision, and every job loads the
+# fetched folder offline; `path:` models are folders already and need no rule.
 rule materialise_model:
     output:
         directory("resources/models/{model}"),
@@ -13,3 +14,19 @@ rule materialise_model:
         ENV
     shell:
         "kdgrid models materialise {wildcards.model} --out {output} > {log} 2>&1"
+
+
+rule fetch_model:
+    output:
+        directory(os.path.join(GRID.models_dir, f"{{model,{HUB_MODEL_REGEX}}}")),
+    params:
+        hub=lambda w: flags(GRID.fetch_args(w.model)),
+        revision=lambda w: GRID.revision_param(w.model),  # a new pinned commit fetches again
+    log:
+        log_of("fetch_model", "{model}"),
+    benchmark:
+        benchmark_of("fetch_model", "{model}")
+    conda:
+        ENV
+    shell:
+        "HF_HUB_OFFLINE=0 kdgrid models fetch {wildcards.model} {params.hub} --out {output} > {log} 2>&1"

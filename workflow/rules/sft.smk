@@ -8,6 +8,7 @@ rule sft:
         train_log=out(SFT_DIR, "train_log.jsonl"),
     params:
         model=lambda w: GRID.model_ref(w.model),
+        model_revision=lambda w: GRID.revision_param(w.model),
         training=lambda w: flags(GRID.training_args(w.family)),
         cell=lambda w: sft_run(w).id,
         out=lambda w, output: os.path.dirname(output.model),

@@ -13,6 +13,7 @@ rule teacher_outputs:
         out(TEACHER_OUTPUTS_FILE),
     params:
         teacher=lambda w: GRID.teacher_ref(w.family, w.teacher, w.teacher_kind),
+        teacher_revision=lambda w: GRID.teacher_revision_param(w.teacher, w.teacher_kind),
         cutoff=lambda w: GRID.families[w.family].training["cutoff"],
         token_scope=lambda w: GRID.families[w.family].training["token_scope"],
         precision=lambda w: GRID.families[w.family].training["precision"],
@@ -40,6 +41,7 @@ rule teacher_responses:
         out(TEACHER_RESPONSES_FILE),
     params:
         teacher=lambda w: GRID.teacher_ref(w.family, w.teacher, w.teacher_kind),
+        teacher_revision=lambda w: GRID.teacher_revision_param(w.teacher, w.teacher_kind),
         max_new_tokens=GRID.kd["seqkd_max_new_tokens"],
         precision=lambda w: GRID.families[w.family].training["precision"],
     log:

@@ -14,6 +14,8 @@ Columns (TABLE_COLUMNS):
   in billions of parameters.
 - data_verified: meta.data_verified of the evaluation (true: the family's LLM-Adapters files matched
   the pinned commit's git blob ids; false: declared unverified; empty: synthetic data).
+- model_revision, teacher_revision: the hub commits `model` and (KD rows) its teacher were fetched at
+  (`kdgrid.hub`; empty for tiny and `path:` models), from the evaluation's meta.
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ SFT_METRICS = tuple(f"sft_{m}" for m in METRICS)
 TABLE_COLUMNS = [
     "family", "task", "role", "cell", "model", "teacher", "student", "method", "temperature",
     "noise_sigma", "teacher_kind", "seed", "accuracy", "n_items", *METRICS, *SFT_METRICS,
-    "student_size_b", "teacher_size_b", "data_verified",
+    "student_size_b", "teacher_size_b", "data_verified", "model_revision", "teacher_revision",
 ]
+REVISION_COLUMNS = ("model_revision", "teacher_revision")
 
 
 def warn(message: str) -> None:
@@ -56,7 +59,7 @@ def parse_sizes(items: list[str] | None) -> dict[str, float]:
 
 
 def model_size(name: str, sizes: dict[str, float]) -> float:
-    """A model's size in billions: from `sizes` first, else from the model registry."""
+    """A model's size in billions: from `sizes` first (the config's models), else a tiny model's own."""
     if name in sizes:
         return sizes[name]
     from ..models import get_model
@@ -139,6 +142,8 @@ def _checkpoint(path: Path, obj) -> dict:
         "n_items": {t: _number(v, path, f"n.{t}", int) for t, v in n_items.items() if t != AVERAGE},
         "compare": {},
         "sft_compare": {},
+        "model_revision": meta.get("model_revision"),
+        "teacher_revision": meta.get("teacher_revision") if role == "kd" else None,
     }
 
 
@@ -245,6 +250,7 @@ def build_table(scores_paths, compare_paths, sizes: dict[str, float]):
         ident["student_size_b"] = model_size(ckpt["model"], sizes)
         ident["teacher_size_b"] = model_size(ckpt["teacher"], sizes) if ckpt["teacher"] else None
         ident["data_verified"] = ckpt["data_verified"]
+        ident.update(model_revision=ckpt["model_revision"], teacher_revision=ckpt["teacher_revision"])
         per_task = []
         for task in own_tasks:
             row = {**ident, "task": task, "accuracy": ckpt["accuracy"][task], "n_items": ckpt["n_items"].get(task)}
@@ -307,11 +313,14 @@ def read_table(path):
     if path.suffix == ".parquet":
         table = pd.read_parquet(path)
     elif path.suffix == ".csv":
-        table = pd.read_csv(path)
+        table = pd.read_csv(path, dtype={c: str for c in REVISION_COLUMNS})
     else:
         raise KdgridError(f"{path}: expected a .csv or .parquet results table")
     if "seed" in table.columns:
         table["seed"] = pd.array(pd.to_numeric(table["seed"], errors="coerce"), dtype="Int64")
     if "data_verified" in table.columns:
         table["data_verified"] = _nullable_bool(table["data_verified"])
+    for column in REVISION_COLUMNS:  # commits are text; an empty one is None in either format
+        if column in table.columns:
+            table[column] = table[column].astype(object).where(table[column].notna(), None)
     return table

@@ -32,7 +32,26 @@ def summary(grid) -> str:
     for rule, n in counts.items():
         lines.append(f"  {rule:<17}  {n:>5}")
     lines.append(f"  {'total':<17}  {sum(counts.values()):>5}")
+    lines += hub_disk(grid)
     return "\n".join(lines)
+
+
+def hub_disk(grid) -> list[str]:
+    """What the grid's hub models take in models_dir: measured once fetched, estimated before."""
+    from ..hub import format_bytes
+
+    disk = grid.fetch_disk()
+    if not disk["fetched"] and not disk["to_fetch"]:
+        return []
+    lines = ["", f"hub models in {grid.models_dir}/ (fetch_model):"]
+    for name in grid.hub_models:
+        if name in disk["fetched"]:
+            lines.append(f"  {name:<17}  {format_bytes(disk['fetched'][name]):>9}  fetched")
+        else:
+            lines.append(f"  {name:<17}  {format_bytes(disk['to_fetch'][name]):>9}  to fetch (estimated: size_b x 2 bytes)")
+    total = sum(disk["fetched"].values()) + sum(disk["to_fetch"].values())
+    lines.append(f"  {'total':<17}  {format_bytes(total):>9}")
+    return lines
 
 
 def teacher_cost(grid) -> str:

@@ -11,12 +11,13 @@ Both appear together, and only when the whole evaluation succeeded.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
 from ..errors import KdgridError
+from ..hub import revisions_of
 from ..io import atomic_dir, read_json, write_json, write_jsonl
-from ..models import HUB_MODELS
 from ..tasks import get_task, tasks_of
 from .lmeval_tasks import FILTER_NAME, METRIC, GenerationSettings, write_task_configs
 
@@ -24,24 +25,21 @@ SCORES_FILE = "scores.json"
 RECORDS_FILE = "records.jsonl"
 
 
-def resolve_model(model: str) -> str:
-    """What HFLM loads for `model`: a checkpoint folder, or the hub id of a hub model.
+HUB_ID_REGEX = r"[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9_.\-]+"
 
-    `model` is a Hugging Face folder, a hub model's short name (`Qwen2.5-0.5B`) or a hub id
-    (`Qwen/Qwen2.5-0.5B`, read from the local hub cache: evaluation runs offline).
+
+def resolve_model(model: str) -> str:
+    """What HFLM loads for `model`: a Hugging Face folder (a checkpoint, or a hub model the workflow
+    fetched), or any hub id `owner/name` (read from the local hub cache: evaluation runs offline).
     """
     path = Path(model)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise KdgridError(f"{path}: not a Hugging Face model folder (no config.json)")
         return str(path.resolve())
-    if model in HUB_MODELS:
-        return HUB_MODELS[model].hub_id
-    if any(model == m.hub_id for m in HUB_MODELS.values()):
+    if re.fullmatch(HUB_ID_REGEX, model):
         return model
-    raise KdgridError(
-        f"{model}: checkpoint folder not found (and not a known hub model: {', '.join(sorted(HUB_MODELS))})"
-    )
+    raise KdgridError(f"{model}: checkpoint folder not found, and not a hub id (owner/name)")
 
 
 def find_test_sets(data_dir, family: str, tasks: list[str] | None = None) -> dict[str, Path]:
@@ -167,8 +165,9 @@ def evaluate(
         records += _records(task, results["samples"][name])
     accuracy["Average"] = sum(accuracy[t] for t in names) / len(names)
 
+    revisions = revisions_of(model if isinstance(model, str) else None)
     scores = {
-        "meta": dict(meta or {}),
+        "meta": {**dict(meta or {}), **revisions},
         "model": model_name,
         "family": family,
         "accuracy": accuracy,

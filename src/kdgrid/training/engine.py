@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from ..errors import KdgridError
+from ..hub import revisions_of, write_revisions
 from ..io import read_jsonl, write_jsonl, write_text
 from .config import TrainConfig
 
@@ -199,6 +200,7 @@ def _train_in_this_process(cfg: TrainConfig) -> None:
               f"{why} | {len(examples)} examples ({'tokenised-data cache hit' if from_cache else 'tokenised'}) | "
               f"{args.world_size} process(es), ZeRO stage {cfg.zero_stage}, {precision}", flush=True)
         header = {"event": "config", "config": cfg.to_dict(), "teacher_source": source, "teacher": teacher_line,
+                  **revisions_of_cell(cfg),
                   "precision": precision, "world_size": args.world_size,
                   "deepspeed": deepspeed_config(cfg.zero_stage), "examples": len(examples),
                   "tokenized_cache_hit": from_cache,
@@ -216,6 +218,7 @@ def _train_in_this_process(cfg: TrainConfig) -> None:
     if is_main:
         from ..usage import folder_bytes, peak_rss_mb
 
+        write_revisions(model_dir, cfg.model, cfg.teacher if cfg.teacher and cfg.uses_teacher else None)
         rows = read_jsonl(progress_log)
         steps = [r for r in rows if "step" in r]
         losses = [r["loss"] for r in steps]
@@ -237,6 +240,14 @@ def _train_in_this_process(cfg: TrainConfig) -> None:
     _barrier()
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+
+
+def revisions_of_cell(cfg: TrainConfig) -> dict:
+    """The hub revisions a cell trains from: its model's, and its teacher's (a teacher checkpoint
+    carries its own base model's revision)."""
+    teacher = cfg.teacher if cfg.teacher and cfg.uses_teacher else None
+    return {"model_revision": revisions_of(cfg.model)["model_revision"],
+            "teacher_revision": revisions_of(teacher)["model_revision"] if teacher else None}
 
 
 def open_teacher_cache(cfg: TrainConfig, examples: list[dict], tokenizer, student_width: int):
