@@ -152,6 +152,7 @@ def import_paper(directory):
         table[measure], table[f"sft_{measure}"] = kd, sft
     for column in ("embedding_similarity", "sft_embedding_similarity"):
         table[column] = None
+    table["data_verified"] = None  # published numbers: kdgrid checked no data of theirs
 
     sizes = {name: size_from_name(name) for name in set(table["model"]) | set(table["teacher"].dropna())}
     table["student_size_b"] = table["model"].map(sizes)
