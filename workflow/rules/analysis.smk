@@ -5,6 +5,7 @@ rule aggregate:
     input:
         scores=[eval_files(e.ckpt)["scores"] for e in GRID.evaluations],
         compare=[out(f"{c.id}.json") for c in GRID.comparisons],
+        records=[eval_files(e.ckpt)["records"] for e in GRID.evaluations],
     output:
         csv=report(out(TABLE_CSV), caption="../report/results_table.rst", category="Tables"),
         parquet=out(TABLE_PARQUET),
@@ -17,7 +18,7 @@ rule aggregate:
     conda:
         ENV
     shell:
-        "kdgrid aggregate --scores {input.scores} --compare {input.compare} --sizes {params.sizes}"
+        "kdgrid aggregate --scores {input.scores} --compare {input.compare} --records {input.records} --sizes {params.sizes}"
         " --out-csv {output.csv} --out-parquet {output.parquet} > {log} 2>&1"
 
 
