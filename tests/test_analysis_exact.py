@@ -245,3 +245,16 @@ def test_seed_aware_summary_on_a_three_seed_table(tmp_path):
     cell_line = next(x for x in summary.splitlines() if x.startswith("| T → s1 | fkl |"))
     assert cell_line.count("[") == 1 and "| 3 |" in cell_line
     assert "Seeds: the per-seed improvement of a cell varies with sd" in summary
+
+
+def test_accuracy_figure_shows_the_seed_intervals_of_each_cell():
+    import matplotlib.pyplot as plt
+
+    from kdgrid.analysis.figures import fig1_accuracy
+
+    label = "KD cell: mean and 95% CI over seeds"
+    for seeds, shown in (((1, 2, 3), True), ((1,), False)):
+        table = seeded_table(seeds=seeds)
+        fig = fig1_accuracy(table, kd_cells(table))
+        assert (label in [t.get_text() for t in fig.legends[0].get_texts()]) == shown
+        plt.close(fig)

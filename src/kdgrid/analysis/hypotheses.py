@@ -14,7 +14,7 @@ Two p-values per test. `p_value` is the asymptotic one the paper computed (pingo
 t-approximation for Spearman, which gives 0 for |rho| = 1 at any n); `p_perm` is a permutation test
 of the same statistic (scipy.stats.permutation_test): all permutations where there are at most
 MAX_EXACT of them (every ordering for Spearman up to n = 8, every sign pattern for the t-tests up to
-n = 13), else PERM_RESAMPLES random ones drawn with seed PERM_SEED. Holm runs on each. `p_min` is the
+n = 15), else PERM_RESAMPLES random ones drawn with seed PERM_SEED. Holm runs on each. `p_min` is the
 smallest p-value the permutation test can give at the row's n, `min_n` the smallest n at which it can
 be below ALPHA. `significant` follows `verdict_p`: the permutation p on our grids, the asymptotic one
 for the paper's published tables (`kdgrid analyze --import-paper`), whose verdicts it reproduces.

@@ -101,9 +101,9 @@ def kd_cells(table):
     best = best.merge(sft[["family", "model", "task", "accuracy"]].rename(
         columns={"model": "teacher", "accuracy": "teacher_sft_accuracy"}), on=["family", "teacher", "task"], how="left")
     best["improvement"] = best["kd_accuracy"] - best["sft_accuracy"]
-    best = best.merge(_heldout(averaged), on=CELL_KEYS, how="left")
+    best = _join(best, _heldout(averaged))
     best["improvement_heldout"] = best["kd_accuracy_heldout"] - (best["sft_accuracy_split1"] + best["sft_accuracy_split2"]) / 2
-    best = best.merge(_seed_intervals(seed_improvements(table, best)), on=CELL_KEYS, how="left")
+    best = _join(best, _seed_intervals(seed_improvements(table, best)))
 
     sft_students = set(zip(table.loc[table["role"] == "sft", "family"], table.loc[table["role"] == "sft", "model"]))
     missing = []
@@ -127,6 +127,13 @@ def kd_cells(table):
                            "teacher_sft_accuracy", "student_size_b", "teacher_size_b",
                            *[m for m in MEASURES if m != "accuracy"], "missing"]
     return best[columns].reset_index(drop=True)
+
+
+def _join(cells, extra):
+    """cells with extra's per-cell columns (empty ones when there is no cell)."""
+    if cells.empty:
+        return cells.assign(**{c: [] for c in extra.columns if c not in CELL_KEYS})
+    return cells.merge(extra, on=CELL_KEYS, how="left")
 
 
 def _heldout(averaged):

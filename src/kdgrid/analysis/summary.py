@@ -87,7 +87,7 @@ def _basis(results) -> str:
         return ("Verdicts use the asymptotic p-values (`p_holm`), as the paper computed them, so that its published "
                 "verdicts are reproduced; the permutation p-values are shown beside them.")
     return (f"Verdicts use the permutation p-values (`p_perm_holm`): exact where there are at most {MAX_EXACT} "
-            f"permutations (Spearman up to n = 8, sign-flip up to n = 13), else {PERM_RESAMPLES} random ones "
+            f"permutations (Spearman up to n = 8, sign-flip up to n = 15), else {PERM_RESAMPLES} random ones "
             f"(seed {PERM_SEED}). The asymptotic p (`p`, the paper's) is shown beside them; it is unreliable for "
             "few cells (for |rho| = 1 it is 0 at any n). A permutation test has a smallest possible p: at alpha "
             f"{ALPHA} the Spearman tests need n >= {min_n('spearman')} cells, the t-tests (sign-flip) n >= "
