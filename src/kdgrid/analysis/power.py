@@ -26,9 +26,12 @@ def power_note(cells, runs) -> str:
 
     known = cells["improvement"].dropna()
     n = len(known)
-    if n < 2 or known.std(ddof=1) == 0:
-        text = (f"Power: {n} cell(s) with an improvement and no spread between them; the smallest detectable "
-                "improvement cannot be estimated.")
+    if n < 2:
+        text = (f"Power: {n} cell(s) with an improvement; with fewer than two the spread between cells, and so the "
+                "smallest detectable mean improvement, is unknown.")
+    elif known.std(ddof=1) == 0:
+        text = (f"Power: {n} cells, all with the same improvement; the smallest detectable mean improvement "
+                "cannot be estimated.")
     else:
         sd = float(known.std(ddof=1))
         text = (f"Power: with {n} cells and a between-cell sd of {sd:.2f} points, the one-sided t-test at alpha "

@@ -42,8 +42,11 @@ def _too_few(row) -> str:
     """Why a permutation verdict could not be 'supported' at this n, or ''."""
     if row.verdict_p != "p_perm_holm" or math.isnan(row.p_min) or row.p_min < ALPHA:
         return ""
-    return (f" (n = {row.n}: the permutation test cannot give p < {ALPHA} below n = {int(row.min_n)}"
-            + (" cells" if row.hypothesis == "H1_seeds" else "") + ")")
+    if row.hypothesis == "H1_seeds":  # the permuted units: cells, or the seeds of a single cell
+        units = "seeds" if "one cell" in row.test else "cells"
+        return (f" ({int(row.dof) + 1} {units}: the permutation test cannot give p < {ALPHA} with fewer than "
+                f"{int(row.min_n)})")
+    return f" (n = {row.n}: the permutation test cannot give p < {ALPHA} below n = {int(row.min_n)})"
 
 
 def _direction(rho: float) -> str:
