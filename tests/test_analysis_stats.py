@@ -174,7 +174,7 @@ def test_missing_column_is_reported_not_crashed(table):
     results, _ = run_hypotheses(table.drop(columns=["accuracy"]), "t.csv")
     assert results["statistic"].isna().all()
     assert results["reason"].str.contains("t.csv has no column 'accuracy'").all()
-    assert set(results["hypothesis"]) == {"H1_ttest", "H1_anova", "H2_teacher_score", "H3_student_size",
+    assert set(results["hypothesis"]) == {"H1_ttest", "H1_seeds", "H1_anova", "H2_teacher_score", "H3_student_size",
                                           "H3_student_sft", "H4_agreement", "H5_fidelity"}
 
     results, _ = run_hypotheses(table.drop(columns=["bleu"]), "t.csv")

@@ -145,3 +145,28 @@ def test_cli_reports_bad_input_without_traceback(grid, tmp_path, capsys):
     assert code == 2
     assert "nope.json: file not found" in capsys.readouterr().err
     assert not (tmp_path / "r.csv").exists()
+
+
+def test_aggregate_adds_the_split_half_accuracies_from_records(grid, capsys):
+    from kdgrid.analysis.splits import split_of
+
+    tmp_path, score_files, compare_files = grid
+    records = []
+    for path in score_files:
+        items = [{"task": t, "doc_id": i, "correct": (i + k) % 2 == 0} for k, t in enumerate(TASKS) for i in range(20)]
+        (path.parent / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in items))
+        records.append(str(path.parent / "records.jsonl"))
+    out_csv, out_parquet = tmp_path / "results.csv", tmp_path / "results.parquet"
+    args = ["aggregate", "--scores", *map(str, score_files), "--compare", *map(str, compare_files), "--sizes", *SIZES,
+            "--out-csv", str(out_csv), "--out-parquet", str(out_parquet)]
+    assert main(args + ["--records", *records]) == 0
+    kd = read_table(out_csv).query("role == 'kd'").set_index("task")
+    halves = {}
+    for k, task in enumerate(TASKS):
+        for half in (1, 2):
+            mine = [(i + k) % 2 == 0 for i in range(20) if split_of(task, i) == half]
+            halves[(task, half)] = 100 * sum(mine) / len(mine)
+            assert kd.loc[task, f"accuracy_split{half}"] == pytest.approx(halves[(task, half)])
+    assert kd.loc["Average", "accuracy_split1"] == pytest.approx((halves[(TASKS[0], 1)] + halves[(TASKS[1], 1)]) / 2)
+    assert main(args + ["--records", *records[1:]]) != 0
+    assert f"{score_files[0]}: no records.jsonl among --records" in capsys.readouterr().err

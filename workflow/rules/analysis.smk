@@ -6,6 +6,7 @@ rule aggregate:
         scores=[eval_files(e.ckpt)["scores"] for e in GRID.evaluations],
         compare=[out(f"{c.id}.json") for c in GRID.comparisons],
         train_logs=[out(run.id, "train_log.jsonl") for run in GRID.sft_runs] + [out(c.id, "train_log.jsonl") for c in GRID.cells],
+        records=[eval_files(e.ckpt)["records"] for e in GRID.evaluations],
     output:
         csv=report(out(TABLE_CSV), caption="../report/results_table.rst", category="Tables"),
         parquet=out(TABLE_PARQUET),
@@ -22,7 +23,7 @@ rule aggregate:
     conda:
         ENV
     shell:
-        "kdgrid aggregate --scores {input.scores} --compare {input.compare} --sizes {params.sizes}"
+        "kdgrid aggregate --scores {input.scores} --compare {input.compare} --records {input.records} --sizes {params.sizes}"
         " --out-csv {output.csv} --out-parquet {output.parquet}"
         " --out-cost {output.cost} --out-cost-jobs {output.cost_jobs} --grid-config {params.grid_config:q} > {log} 2>&1"
 

@@ -11,7 +11,8 @@ CAPTIONS = {
     "fig1_accuracy": (
         "Average accuracy (%) of each student, per task family: the base model, the student fine-tuned on the "
         "task data (SFT), and the student distilled with each KD method. A KD bar is the mean over the student's "
-        "teachers of the best accuracy over temperatures; its error bar spans the lowest to the highest teacher. "
+        "teachers of the best accuracy over temperatures; its error bar spans the lowest to the highest teacher; with "
+        "several seeds each KD cell is also a black point with its 95% confidence interval over seeds. "
         "Students are ordered by size. This is the paper's main comparison: KD against the SFT baseline."
     ),
     "fig2_improvement_vs_size": (

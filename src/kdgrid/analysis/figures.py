@@ -126,12 +126,30 @@ def fig1_accuracy(table, cells):
         sns.barplot(part, x="student", y="accuracy", hue="variant", order=_student_order(part),
                     hue_order=[h for h in palette if h in set(part["variant"])], palette=palette,
                     errorbar=("pi", 100), err_kws={"linewidth": 1}, capsize=0.1, ax=ax)
+        _seed_intervals(ax, kd_avg[kd_avg["family"] == family], _student_order(part),
+                        [h for h in palette if h in set(part["variant"])])
         ax.set_title(family)
         ax.set_xlabel("student")
         ax.set_ylabel(ACCURACY)
         ax.tick_params(axis="x", labelrotation=25)
     _shared_legend(fig, axes)
     return fig
+
+
+def _seed_intervals(ax, cells, students, hues) -> None:
+    """Each KD cell with several seeds as a point on its bar, with its 95% t-interval over seeds."""
+    cells = cells[cells["kd_accuracy_ci_low"].notna()]
+    width = 0.8 / len(hues)
+    label = "KD cell: mean and 95% CI over seeds"
+    for r in cells.itertuples():
+        variant = method_label(r.method)
+        if variant not in hues or r.student not in students:
+            continue
+        x = students.index(r.student) - 0.4 + (hues.index(variant) + 0.5) * width
+        ax.errorbar(x, r.kd_accuracy, yerr=[[r.kd_accuracy - r.kd_accuracy_ci_low], [r.kd_accuracy_ci_high - r.kd_accuracy]],
+                    fmt="o", color="black", markersize=3, capsize=2, linewidth=0.8,
+                    label=label)
+        label = None
 
 
 def fig2_improvement_vs_size(table, cells):

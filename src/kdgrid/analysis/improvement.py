@@ -5,17 +5,27 @@ the seed-averaged accuracy, leaving out the teacher-signal ablations (teacher_ki
 its improvement is that minus the student's own SFT accuracy (seed-averaged), in accuracy points.
 The predictors of H2-H5 ride along: the teacher's SFT accuracy, the student's size and SFT accuracy,
 and agreement / BLEU of the selected checkpoint with its teacher.
+
+Beside the paper's definition each cell carries:
+- the per-seed improvements at the selected temperature (KD at seed s minus the student's SFT at seed s,
+  or its seed mean when SFT has no run at s; `seed_improvements`), with a 95% t-interval over seeds
+  (`improvement_ci_low/high`) and the same interval for the KD accuracy (`kd_accuracy_ci_low/high`);
+- `improvement_heldout`: the temperature chosen on one fixed half of the test items and scored on the
+  other (`splits`), both ways round and averaged, minus the student's SFT on the same halves. The
+  paper's `improvement` chooses and scores on the same items, which favours it; the difference is the
+  gain that comes from selection. Empty where the table has no split accuracies.
 """
 
 from __future__ import annotations
 
+from .splits import SPLIT_COLUMNS
 from .table import AVERAGE
 
 CORE_COLUMNS = ("family", "task", "role", "model", "teacher", "student", "method", "temperature",
                 "noise_sigma", "teacher_kind", "accuracy")
-OPTIONAL_COLUMNS = ("seed", "agreement", "bleu", "embedding_similarity", "sft_agreement", "sft_bleu",
+OPTIONAL_COLUMNS = ("seed", *SPLIT_COLUMNS, "agreement", "bleu", "embedding_similarity", "sft_agreement", "sft_bleu",
                     "sft_embedding_similarity", "student_size_b", "teacher_size_b")
-MEASURES = ("accuracy", "agreement", "bleu", "embedding_similarity", "sft_agreement", "sft_bleu",
+MEASURES = ("accuracy", *SPLIT_COLUMNS, "agreement", "bleu", "embedding_similarity", "sft_agreement", "sft_bleu",
             "sft_embedding_similarity")
 CELL_KEYS = ["family", "task", "teacher", "student", "method"]
 METHOD_ORDER = ("fkl", "rkl", "gkd", "seqkd", "skew_kl", "tvd")
@@ -51,7 +61,7 @@ def main_kd_rows(table):
 def sft_accuracy(table):
     """Seed-averaged SFT accuracy per (family, model, task)."""
     sft = table[table["role"] == "sft"]
-    return sft.groupby(["family", "model", "task"], as_index=False, dropna=False)["accuracy"].mean()
+    return sft.groupby(["family", "model", "task"], as_index=False, dropna=False)[["accuracy", *SPLIT_COLUMNS]].mean()
 
 
 def seed_averaged(kd):
@@ -85,11 +95,15 @@ def kd_cells(table):
     best = best.rename(columns={"accuracy": "kd_accuracy", "temperature": "best_temperature"})
 
     sft = sft_accuracy(table)
-    best = best.merge(sft.rename(columns={"model": "student", "accuracy": "sft_accuracy"}),
+    best = best.merge(sft.rename(columns={"model": "student", "accuracy": "sft_accuracy",
+                                          **{c: f"sft_{c}" for c in SPLIT_COLUMNS}}),
                       on=["family", "student", "task"], how="left")
-    best = best.merge(sft.rename(columns={"model": "teacher", "accuracy": "teacher_sft_accuracy"}),
-                      on=["family", "teacher", "task"], how="left")
+    best = best.merge(sft[["family", "model", "task", "accuracy"]].rename(
+        columns={"model": "teacher", "accuracy": "teacher_sft_accuracy"}), on=["family", "teacher", "task"], how="left")
     best["improvement"] = best["kd_accuracy"] - best["sft_accuracy"]
+    best = _join(best, _heldout(averaged))
+    best["improvement_heldout"] = best["kd_accuracy_heldout"] - (best["sft_accuracy_split1"] + best["sft_accuracy_split2"]) / 2
+    best = _join(best, _seed_intervals(seed_improvements(table, best)))
 
     sft_students = set(zip(table.loc[table["role"] == "sft", "family"], table.loc[table["role"] == "sft", "model"]))
     missing = []
@@ -108,9 +122,81 @@ def kd_cells(table):
     best = best.assign(_m=best["method"].map(method_rank))
     best = best.sort_values(["family", "student_size_b", "student", "teacher_size_b", "teacher", "_m"], kind="stable")
     columns = CELL_KEYS + ["improvement", "kd_accuracy", "sft_accuracy", "best_temperature", "n_seeds", "seed_sd",
+                           "improvement_ci_low", "improvement_ci_high", "kd_accuracy_ci_low", "kd_accuracy_ci_high",
+                           "improvement_heldout", "heldout_temperatures",
                            "teacher_sft_accuracy", "student_size_b", "teacher_size_b",
                            *[m for m in MEASURES if m != "accuracy"], "missing"]
     return best[columns].reset_index(drop=True)
+
+
+def _join(cells, extra):
+    """cells with extra's per-cell columns (empty ones when there is no cell)."""
+    if cells.empty:
+        return cells.assign(**{c: [] for c in extra.columns if c not in CELL_KEYS})
+    return cells.merge(extra, on=CELL_KEYS, how="left")
+
+
+def _heldout(averaged):
+    """Per cell: the KD accuracy with the temperature chosen on one half and scored on the other, both ways
+    round and averaged (ties go to the lower temperature, as for the paper's selection)."""
+    import pandas as pd
+
+    rows = []
+    for key, group in averaged.groupby(CELL_KEYS, dropna=False, sort=False):
+        group = group.sort_values("temperature", kind="stable")
+        scored, chosen = [], []
+        for choose_on, score_on in (("accuracy_split1", "accuracy_split2"), ("accuracy_split2", "accuracy_split1")):
+            known = group[group[choose_on].notna() & group[score_on].notna()]
+            if known.empty:
+                break
+            pick = known.loc[known[choose_on].idxmax()]
+            scored.append(pick[score_on])
+            chosen.append(f"{pick['temperature']:g}")
+        heldout = sum(scored) / 2 if len(scored) == 2 else float("nan")
+        rows.append(dict(zip(CELL_KEYS, key), kd_accuracy_heldout=heldout,
+                         heldout_temperatures="/".join(chosen) if len(scored) == 2 else ""))
+    return pd.DataFrame(rows, columns=CELL_KEYS + ["kd_accuracy_heldout", "heldout_temperatures"])
+
+
+def seed_improvements(table, cells):
+    """One row per (cell, seed) at the cell's selected temperature: the KD accuracy of that seed and its
+    improvement over the student's SFT at the same seed (the SFT seed mean where SFT has no run at it)."""
+    import pandas as pd
+
+    table = complete_columns(table)
+    kd = main_kd_rows(table)
+    selected = cells[CELL_KEYS + ["best_temperature", "sft_accuracy"]].rename(columns={"best_temperature": "temperature"})
+    runs = kd.merge(selected, on=CELL_KEYS + ["temperature"], how="inner")
+    runs = runs.groupby(CELL_KEYS + ["seed"], dropna=False, as_index=False).agg(
+        kd_accuracy=("accuracy", "mean"), sft_mean=("sft_accuracy", "first"))
+    sft = table[table["role"] == "sft"].groupby(["family", "model", "task", "seed"], as_index=False)["accuracy"].mean()
+    runs = runs.merge(sft.rename(columns={"model": "student", "accuracy": "sft_seed"}),
+                      on=["family", "student", "task", "seed"], how="left")
+    runs["sft_accuracy"] = runs["sft_seed"].fillna(runs["sft_mean"])
+    runs["improvement"] = runs["kd_accuracy"] - runs["sft_accuracy"]
+    return pd.DataFrame(runs[CELL_KEYS + ["seed", "kd_accuracy", "sft_accuracy", "improvement"]])
+
+
+def _seed_intervals(runs):
+    """Per cell with two or more seeds: 95% t-intervals over seeds of its improvement and KD accuracy."""
+    import pandas as pd
+    from scipy import stats
+
+    rows = []
+    for key, group in runs.groupby(CELL_KEYS, dropna=False, sort=False):
+        row = dict(zip(CELL_KEYS, key))
+        for column, name in (("improvement", "improvement"), ("kd_accuracy", "kd_accuracy")):
+            x = group[column].dropna().to_numpy(dtype=float)
+            low = high = float("nan")
+            if len(x) >= 2:
+                if x.std() == 0:
+                    low = high = float(x.mean())
+                else:
+                    low, high = stats.ttest_1samp(x, 0).confidence_interval(0.95)
+            row[f"{name}_ci_low"], row[f"{name}_ci_high"] = float(low), float(high)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=CELL_KEYS + ["improvement_ci_low", "improvement_ci_high",
+                                                   "kd_accuracy_ci_low", "kd_accuracy_ci_high"])
 
 
 def pair_label(teacher: str, student: str) -> str:

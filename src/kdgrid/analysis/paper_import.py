@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 
 from ..errors import KdgridError
+from .splits import SPLIT_COLUMNS
 from .table import AVERAGE, TABLE_COLUMNS, sort_table, warn
 
 RESULT_FILES = {
@@ -150,7 +151,7 @@ def import_paper(directory):
             kd.append(_pair_value(values, key + ("KD",), row.task) if applies else None)
             sft.append(_pair_value(values, key + ("SFT",), row.task) if applies else None)
         table[measure], table[f"sft_{measure}"] = kd, sft
-    for column in ("embedding_similarity", "sft_embedding_similarity"):
+    for column in ("embedding_similarity", "sft_embedding_similarity", *SPLIT_COLUMNS):  # not published
         table[column] = None
     table["data_verified"] = None  # published numbers: kdgrid checked no data of theirs
 

@@ -6,6 +6,8 @@ Columns (TABLE_COLUMNS):
   cell (the checkpoint's cell id), model (the evaluated model; the student for KD rows),
   teacher, student, method, temperature, noise_sigma, teacher_kind (sft|base), seed: from the cell's meta;
 - accuracy (%), n_items (test items scored);
+- accuracy_split1, accuracy_split2: accuracy (%) on each fixed half of the test set (`splits`), from the
+  checkpoint's records.jsonl (`--records`); empty without records. Held-out temperature selection uses them.
 - agreement (%), bleu, embedding_similarity: the KD student against its own teacher (KD rows only);
 - sft_agreement, sft_bleu, sft_embedding_similarity: the same measures for the student's own SFT
   checkpoint against the same teacher (from the SFT student's compare.json for that teacher), so a
@@ -26,6 +28,7 @@ from pathlib import Path
 
 from ..errors import KdgridError
 from ..io import atomic_path, read_json
+from .splits import SPLIT_COLUMNS, split_accuracies
 
 AVERAGE = "Average"
 ROLES = ("base", "sft", "kd")
@@ -34,7 +37,7 @@ METRICS = ("agreement", "bleu", "embedding_similarity")
 SFT_METRICS = tuple(f"sft_{m}" for m in METRICS)
 TABLE_COLUMNS = [
     "family", "task", "role", "cell", "model", "teacher", "student", "method", "temperature",
-    "noise_sigma", "teacher_kind", "seed", "accuracy", "n_items", *METRICS, *SFT_METRICS,
+    "noise_sigma", "teacher_kind", "seed", "accuracy", "n_items", *SPLIT_COLUMNS, *METRICS, *SFT_METRICS,
     "student_size_b", "teacher_size_b", "data_verified", "model_revision", "teacher_revision",
 ]
 REVISION_COLUMNS = ("model_revision", "teacher_revision")
@@ -217,9 +220,26 @@ def _attach_comparisons(checkpoints: dict[str, dict], comparisons: list[dict]) -
                      "cell of that pair; it does not appear in the table")
 
 
-def build_table(scores_paths, compare_paths, sizes: dict[str, float]):
-    """The results table (a pandas DataFrame with TABLE_COLUMNS) from scores.json and compare.json files."""
+def _splits_by_scores(scores_paths, records_paths) -> dict[str, dict]:
+    """scores.json path -> per-task split accuracies of the records.jsonl in the same folder."""
+    if not records_paths:
+        return {}
+    by_dir = {str(Path(p).parent): p for p in records_paths}
+    found = {}
+    for path in map(str, scores_paths):
+        records = by_dir.get(str(Path(path).parent))
+        if records is None:
+            raise KdgridError(f"{path}: no records.jsonl among --records from the same folder")
+        found[path] = split_accuracies(records)
+    return found
+
+
+def build_table(scores_paths, compare_paths, sizes: dict[str, float], records_paths=None):
+    """The results table (a pandas DataFrame with TABLE_COLUMNS) from scores.json and compare.json files
+    (and the records.jsonl beside each scores.json, for the split accuracies)."""
     import pandas as pd
+
+    splits = _splits_by_scores(scores_paths, records_paths)
 
     checkpoints: dict[str, dict] = {}
     for path in map(Path, scores_paths):
@@ -253,7 +273,8 @@ def build_table(scores_paths, compare_paths, sizes: dict[str, float]):
         ident.update(model_revision=ckpt["model_revision"], teacher_revision=ckpt["teacher_revision"])
         per_task = []
         for task in own_tasks:
-            row = {**ident, "task": task, "accuracy": ckpt["accuracy"][task], "n_items": ckpt["n_items"].get(task)}
+            row = {**ident, "task": task, "accuracy": ckpt["accuracy"][task], "n_items": ckpt["n_items"].get(task),
+                   **splits.get(ckpt["path"], {}).get(task, {})}
             for m in METRICS:
                 row[m] = comp.get(m, {}).get(task)
                 row[f"sft_{m}"] = sft_comp.get(m, {}).get(task)
@@ -261,6 +282,8 @@ def build_table(scores_paths, compare_paths, sizes: dict[str, float]):
         average = {**ident, "task": AVERAGE, "n_items": None}
         for key in ("accuracy", *METRICS, *SFT_METRICS):
             average[key] = _mean_or_none(r[key] for r in per_task) if complete else None
+        for key in SPLIT_COLUMNS:
+            average[key] = _mean_or_none(r.get(key) for r in per_task) if complete else None
         rows += per_task + [average]
 
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
@@ -280,7 +303,7 @@ def sort_table(table, family_tasks: dict[str, list[str]] | None = None):
     keys = ["family", "_role", "model", "teacher", "method", "temperature", "noise_sigma", "teacher_kind", "seed", "_task", "task"]
     table = table.sort_values(keys, kind="stable", na_position="first").drop(columns=["_role", "_task"])
     table["seed"] = pd.array(table["seed"], dtype="Int64")
-    for column in ("temperature", "noise_sigma", "accuracy", "n_items", *METRICS, *SFT_METRICS, "student_size_b", "teacher_size_b"):
+    for column in ("temperature", "noise_sigma", "accuracy", "n_items", *SPLIT_COLUMNS, *METRICS, *SFT_METRICS, "student_size_b", "teacher_size_b"):
         table[column] = pd.to_numeric(table[column], errors="coerce").astype("float64")
     table["data_verified"] = _nullable_bool(table["data_verified"])
     return table.reset_index(drop=True)

@@ -14,18 +14,22 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out-cells", metavar="FILE", help="also write the per-cell improvements (CSV)")
     parser.add_argument("--cost", metavar="FILE", help="the cost ledger (tables/cost.csv): adds a Cost section to the summary")
     parser.add_argument("--cost-jobs", metavar="FILE", help="its per-job table (tables/cost_jobs.csv), with --cost")
+    parser.add_argument("--verdict", choices=("permutation", "asymptotic"), default="permutation",
+                        help="p-values that decide the verdicts: permutation (default) or asymptotic (the paper's)")
 
 
-def write_stats(table, source: str, out_csv, out_md, out_cells=None):
+def write_stats(table, source: str, out_csv, out_md, out_cells=None, verdict: str = "permutation"):
     """Run the tests and write their outputs atomically; not-computable tests are reported on stderr."""
     from ..analysis.hypotheses import not_computable, run_hypotheses
+    from ..analysis.improvement import seed_improvements
     from ..analysis.summary import summary_markdown
     from ..io import atomic_path, write_text
 
-    results, cells = run_hypotheses(table, source)
+    results, cells = run_hypotheses(table, source, verdict)
+    runs = seed_improvements(table, cells) if cells is not None else None
     with atomic_path(out_csv) as tmp:
         results.to_csv(tmp, index=False)
-    write_text(out_md, summary_markdown(results, cells, source))
+    write_text(out_md, summary_markdown(results, cells, source, runs))
     if out_cells and cells is not None:
         with atomic_path(out_cells) as tmp:
             cells.to_csv(tmp, index=False)
@@ -38,7 +42,7 @@ def run(args) -> int:
     from ..analysis.table import read_table
 
     table = read_table(args.table)
-    results = write_stats(table, args.table, args.out_csv, args.out_md, args.out_cells)
+    results = write_stats(table, args.table, args.out_csv, args.out_md, args.out_cells, args.verdict)
     if args.cost:
         from ..analysis.cost import append_cost_section
 
