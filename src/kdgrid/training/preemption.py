@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 from transformers import TrainerCallback
 
@@ -25,6 +26,8 @@ STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 # Tests set this ("STEP:SIGNAL", e.g. "5:USR1") to make the process send itself that signal at the end
 # of that optimizer step, the way a scheduler would mid-run.
 SIGNAL_AT_STEP_ENV = "KDGRID_TEST_SIGNAL_AT_STEP"
+# The SLURM test sets this (seconds) to hold each optimizer step open long enough to signal the job mid-run.
+STEP_DELAY_ENV = "KDGRID_TEST_STEP_DELAY_S"
 
 # torchrun's agent forwards these to the workers and waits for them to finish saving (its default list
 # lacks SIGUSR1 and its default wait is 30 s, too short to save a large model).
@@ -103,9 +106,19 @@ class SignalAtStepCallback(TrainerCallback):
             os.kill(os.getpid(), self.signum)
 
 
+class SlowStepsCallback(TrainerCallback):
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def on_step_end(self, args, state, control, **kwargs):
+        time.sleep(self.seconds)
+
+
 def signal_hooks_from_env() -> list[TrainerCallback]:
-    value = os.environ.get(SIGNAL_AT_STEP_ENV)
-    if not value:
-        return []
-    step, name = value.split(":")
-    return [SignalAtStepCallback(int(step), getattr(signal, f"SIG{name}"))]
+    hooks: list[TrainerCallback] = []
+    if os.environ.get(STEP_DELAY_ENV):
+        hooks.append(SlowStepsCallback(float(os.environ[STEP_DELAY_ENV])))
+    if os.environ.get(SIGNAL_AT_STEP_ENV):
+        step, name = os.environ[SIGNAL_AT_STEP_ENV].split(":")
+        hooks.append(SignalAtStepCallback(int(step), getattr(signal, f"SIG{name}")))
+    return hooks
