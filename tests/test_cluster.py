@@ -172,3 +172,55 @@ def test_kdgrid_cluster_check_without_slurm_says_so(tmp_path, monkeypatch, capsy
     monkeypatch.chdir(ROOT)
     assert kdgrid(["cluster", "check"]) == 2
     assert "sinfo did not answer" in capsys.readouterr().err
+
+
+class PluginJob:
+    """What the SLURM plugin reads of a Snakemake job: resources (attributes and .get) and threads."""
+
+    class Resources(dict):
+        __getattr__ = dict.__getitem__
+
+    def __init__(self, resources: dict, threads: int):
+        self.resources = self.Resources(resources)
+        self.threads = threads
+
+
+def test_the_sbatch_line_of_a_multi_gpu_job_keeps_its_gpus_on_one_node():
+    """snakemake-executor-plugin-slurm's own sbatch builder, given the profile's default-resources and the
+    plan of the paper grid's largest job (2 GPUs, ZeRO-3)."""
+    submit_string = pytest.importorskip("snakemake_executor_plugin_slurm.submit_string")
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+
+    profile = read_profile(ROOT / "profiles" / "slurm")
+    grid = expand_grid(load_config(ROOT / "config.yaml"))
+    cell = max(grid.cells, key=lambda c: grid.resources_distill(c).gpu)
+    plan = grid.resources_distill(cell)
+    job = PluginJob({**profile.default_resources, **plan.as_dict()}, plan.threads)
+    call = submit_string.get_submit_command(job, {"run_uuid": "run", "slurm_logfile": "x.log", "comment_str": "c",
+                                                  "account": " -A proj", "partition": " -p gpu", "workdir": "."})
+    call += set_gres_string(job)
+    assert plan.gpu == 2
+    assert "--gpus=2" in call and "--nodes=1" in call and "--cpus-per-gpu=8" in call
+    assert f"--mem {plan.mem_mb}" in call and f"-t {plan.runtime}" in call
+    assert "--signal=TERM@300" in call
+
+
+@pytest.mark.slow
+def test_a_run_through_the_slurm_profile_checks_first_and_submits_nothing(tmp_path, monkeypatch):
+    """The preflight at the start of `snakemake --profile profiles/slurm` (workflow/rules/preflight.smk),
+    against fake SLURM tools: the shipped placeholders stop the run before any job, local ones included."""
+    from workflow_support import copy_workflow, snakemake
+
+    fake_slurm(tmp_path / "bin", SINFO, "proj-a\\n")
+    (tmp_path / "bin" / "sbatch").write_text("#!/bin/sh\necho submitted >> \"$(dirname \"$0\")/submissions\"\n")
+    (tmp_path / "bin" / "sbatch").chmod(0o755)
+    workdir = copy_workflow(tmp_path / "wf")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    run = snakemake(workdir, "--profile", "profiles/slurm", "--configfile", "config/tiny-ci.yaml", timeout=300)
+    out = run.stdout + run.stderr
+    assert run.returncode != 0, out[-3000:]
+    assert "the SLURM cluster does not fit this grid; nothing was submitted" in out, out[-3000:]
+    assert "slurm_account 'my-account' is not an account of user" in out
+    assert "slurm_partition 'gpu'" not in out  # the fake cluster has a gpu partition, and the CI grid's CPU jobs fit
+    assert not (tmp_path / "bin" / "submissions").exists()
+    assert not (workdir / "resources").exists()  # prepare_data and materialise_model (local rules) did not run

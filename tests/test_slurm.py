@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -75,7 +76,7 @@ def test_the_shipped_placeholders_stop_the_run_before_anything_is_submitted(tmp_
     workdir = copy_workflow(tmp_path / "placeholders")
     before = slurm_job_ids()
     run = subprocess.run(snakemake_cmd("--profile", "profiles/slurm"), cwd=workdir, env=env(), text=True,
-                         capture_output=True, timeout=300)
+                         capture_output=True, timeout=300, check=False)
     out = run.stdout + run.stderr
     assert run.returncode != 0, out[-3000:]
     assert "slurm_partition 'gpu'" in out and f"one of: {PARTITION}" in out, out[-3000:]
@@ -85,10 +86,10 @@ def test_the_shipped_placeholders_stop_the_run_before_anything_is_submitted(tmp_
 
 
 class Interrupter(threading.Thread):
-    """Watches the training processes of the SLURM run (`kdgrid train`, with SLURM_JOB_ID in their
-    environment) and interrupts one job per action once its training loop is about to start."""
+    """Watches the training processes of the SLURM run (`kdgrid train` in its folder, with SLURM_JOB_ID in
+    their environment) and interrupts one job per action once its training loop is about to start."""
 
-    ACTIONS = {"signal": ["scancel", "--signal=TERM"], "requeue": ["scontrol", "requeue"], "cancel": ["scancel"]}
+    ACTIONS: ClassVar[dict[str, list[str]]] = {"signal": ["scancel", "--signal=TERM"], "requeue": ["scontrol", "requeue"], "cancel": ["scancel"]}
 
     def __init__(self, workdir: Path):
         super().__init__(daemon=True)
@@ -103,7 +104,8 @@ class Interrupter(threading.Thread):
                 continue
             try:
                 argv = (proc / "cmdline").read_bytes().split(b"\0")
-                if len(argv) < 3 or not argv[1].endswith(b"/kdgrid") or argv[2] != b"train":
+                if len(argv) < 3 or not argv[1].endswith(b"/kdgrid") or argv[2] != b"train" \
+                        or Path(os.readlink(proc / "cwd")) != self.workdir:
                     continue
                 environ = dict(item.split(b"=", 1) for item in (proc / "environ").read_bytes().split(b"\0")
                                if b"=" in item)
@@ -141,7 +143,7 @@ def test_the_ci_grid_on_slurm_survives_cancel_and_preemption_and_equals_a_local_
 
     set_partition_and_account(slurm_dir, PARTITION, ACCOUNT)
     check = subprocess.run([sys.executable, "-m", "kdgrid", "cluster", "check", "--config", GRID], cwd=slurm_dir,
-                           env=env(), text=True, capture_output=True)
+                           env=env(), text=True, capture_output=True, check=False)
     assert check.returncode == 0 and "jobs fit partition(s)" in check.stdout, check.stderr
 
     interrupter = Interrupter(slurm_dir)
@@ -184,5 +186,5 @@ def test_the_ci_grid_on_slurm_survives_cancel_and_preemption_and_equals_a_local_
         assert (slurm_dir / name).read_bytes() == (local_dir / name).read_bytes(), name
 
     again = subprocess.run(snakemake_cmd("--profile", "profiles/slurm", "-n"), cwd=slurm_dir, env=env(),
-                           text=True, capture_output=True, timeout=300)
+                           text=True, capture_output=True, timeout=300, check=False)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr

@@ -45,7 +45,7 @@ class RecordedSignal:
         self.signum: int | None = None
         self._previous: dict[int, object] = {}
 
-    def install(self) -> "RecordedSignal":
+    def install(self) -> RecordedSignal:
         for sig in STOP_SIGNALS:
             self._previous[sig] = signal.signal(sig, self._record)
         return self
