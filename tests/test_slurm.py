@@ -39,7 +39,7 @@ pytestmark = [
 GRID = "config/tiny-ci.yaml"
 COMPARED = ("results/tables/results.csv", "results/stats/hypotheses.csv", "results/stats/summary.md")
 RUN_TIMEOUT_S = 900
-STEP_DELAY_S = "3"  # each optimizer step of the SLURM run's training jobs lasts >= 3 s: time to signal it
+STEP_DELAY_S = "2"  # each optimizer step of the SLURM run's training jobs lasts >= 2 s: time to signal it
 
 
 def env() -> dict:
@@ -138,7 +138,7 @@ def run_rows(cell: Path) -> list[dict]:
 
 def test_the_ci_grid_on_slurm_survives_cancel_and_preemption_and_equals_a_local_run(tmp_path):
     local_dir, slurm_dir = copy_workflow(tmp_path / "local"), copy_workflow(tmp_path / "slurm")
-    local = subprocess.Popen(snakemake_cmd("--cores", "1"), cwd=local_dir, env=env(), text=True,
+    local = subprocess.Popen(snakemake_cmd("--cores", "4"), cwd=local_dir, env=env(), text=True,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
     set_partition_and_account(slurm_dir, PARTITION, ACCOUNT)
@@ -179,6 +179,10 @@ def test_the_ci_grid_on_slurm_survives_cancel_and_preemption_and_equals_a_local_
         assert len(resumed) == 1 and resumed[0]["from_step"] in (done["steps_logged"], done["steps_logged"] + 1) \
             and resumed[0]["from_step"] >= 1, (action, run_rows(done["out"]))
         assert [r["step"] for r in run_rows(done["out"]) if "step" in r] == [1, 2]
+
+    # SLURM's log of every job, successful ones included (slurm-keep-successful-logs)
+    slurm_logs = list((slurm_dir / ".snakemake/slurm_logs").glob("rule_*/*/*.log"))
+    assert len(slurm_logs) >= 25 + 2, sorted(str(p) for p in slurm_logs)  # 25 SLURM jobs, 2 of them retried
 
     local_log, _ = local.communicate(timeout=RUN_TIMEOUT_S)
     assert local.returncode == 0, local_log[-5000:]
