@@ -12,5 +12,5 @@ started=$(date +%s)
 tests/slurm/cluster.sh install
 trap 'tests/slurm/cluster.sh stop' EXIT
 tests/slurm/cluster.sh start
-python -m pytest -q -m slurm tests/test_slurm.py -p no:cacheprovider --basetemp="${TMPDIR:-/tmp}/kdgrid-test-slurm" "$@"
+python -m pytest -q -m slurm tests/test_slurm.py -s -p no:cacheprovider --basetemp="${TMPDIR:-/tmp}/kdgrid-test-slurm" "$@"
 echo "test-slurm: $(( $(date +%s) - started )) s in all"
