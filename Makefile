@@ -1,7 +1,7 @@
 # kdgrid: two commands for a fresh machine.
 #   make demo   create .venv, install, run the embedded tiny grid through Snakemake, build the report
 #   make test   create .venv, install, run the test suite
-#   make test-slurm   (root) the CI grid through profiles/slurm on a throwaway SLURM cluster, ~10 min
+#   make test-slurm   (root) the CI grid through profiles/slurm on a throwaway SLURM cluster, ~15 min here
 # Override PYTHON to pick an interpreter, TORCH to pick a torch build (e.g. TORCH="torch==2.13.0 --index-url ...").
 
 PYTHON ?= python3
