@@ -1,6 +1,7 @@
 # kdgrid: two commands for a fresh machine.
 #   make demo   create .venv, install, run the embedded tiny grid through Snakemake, build the report
 #   make test   create .venv, install, run the test suite
+#   make test-slurm   (root) the CI grid through profiles/slurm on a throwaway SLURM cluster, ~15 min here
 # Override PYTHON to pick an interpreter, TORCH to pick a torch build (e.g. TORCH="torch==2.13.0 --index-url ...").
 
 PYTHON ?= python3
@@ -10,7 +11,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.kdgrid-installed
 CORES  ?= 2
 
-.PHONY: install demo test lint bench clean-demo
+.PHONY: install demo test test-slurm lint bench clean-demo
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +33,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q
+
+test-slurm: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" tests/slurm/test-slurm.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -31,6 +31,7 @@ include: "workflow/rules/distill.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/compare.smk"
 include: "workflow/rules/analysis.smk"
+include: "workflow/rules/preflight.smk"
 
 
 report: "workflow/report/workflow.rst"

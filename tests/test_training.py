@@ -443,3 +443,73 @@ def test_the_done_line_and_the_log_say_what_the_run_cost_and_checkpoints_can_be_
     assert sorted(p.name for p in (cell / "checkpoints").glob("checkpoint-*")) == ["checkpoint-4"]
     out = capsys.readouterr().out
     assert f"{done['tokens']:,} tokens trained" in out and "checkpoints" in out and "(kept)" in out
+
+
+# --- a scheduler's stop signal (SLURM preemption / time limit): checkpoint at that step, resume ---------
+
+SIGNAL_FLAGS = ["train", "--mode", "distill", "--method", "fkl", "--lr", "1e-2", "--max-steps", "8",
+                "--warmup-steps", "2", "--micro-batch-size", "2", "--grad-accum", "2", "--lora-dropout", "0",
+                "--save-steps", "1000"]
+
+
+def test_sigusr1_saves_a_checkpoint_at_that_step_and_the_rerun_resumes_from_it(world, teacher):
+    """--save-steps 1000: the only checkpoint is the one the signal asked for. Two processes under ZeRO-2,
+    the signal reaching rank 0 only: both ranks stop at the same step and write their shards."""
+    from safetensors.torch import load_file
+
+    flags = [*SIGNAL_FLAGS, "--model", str(world / "tiny-xs"), "--teacher", str(teacher / "model"),
+             "--data", str(world / "train.json")]
+    cell, reference = world / "signalled", world / "not-signalled"
+    stopped = run_kdgrid([*flags, "--nproc", "2", "--zero-stage", "2", "--out", str(cell)],
+                         {"KDGRID_TEST_SIGNAL_AT_STEP": "3:USR1"})
+    assert stopped.returncode == 2, stopped.stderr[-3000:]
+    assert "stopped by SIGUSR1 at step 3 of 8; saved checkpoint-3" in stopped.stderr
+    assert "stopped by a signal to another process at step 3 of 8" in stopped.stderr  # rank 1 agreed
+    assert sorted(p.name for p in (cell / "checkpoints").glob("checkpoint-*")) == ["checkpoint-3"]
+    shards = sorted(p.name for p in (cell / "checkpoints" / "checkpoint-3").glob("global_step3/*optim_states.pt"))
+    assert len(shards) == 2 and "rank_0" in shards[0] and "rank_1" in shards[1]
+    assert not (cell / "model").exists()
+
+    resumed = run_kdgrid([*flags, "--nproc", "2", "--zero-stage", "2", "--out", str(cell)])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert kdgrid([*flags, "--out", str(reference)]) == 0
+    rows = log_rows(cell)
+    assert {"event": "resume", "from_step": 3, "checkpoint": "checkpoint-3"} in rows
+    assert [r["step"] for r in rows if "step" in r] == list(range(1, 9))
+    assert step_losses(cell) == pytest.approx(step_losses(reference), rel=1e-5)
+    weights, straight = load_file(cell / "model" / "model.safetensors"), load_file(reference / "model" / "model.safetensors")
+    for name, tensor in straight.items():
+        torch.testing.assert_close(weights[name], tensor, rtol=0, atol=1e-5)
+
+
+def test_sigterm_from_outside_mid_run_checkpoints_the_current_step(world):
+    """SIGTERM sent to the process group (as SLURM signals a job step) at a moment the test does not
+    choose: the checkpoint is at the step the run had reached, and the re-run goes on from there."""
+    import signal
+    import time
+
+    out = world / "sigterm"
+    args = [sys.executable, "-m", "kdgrid", "train", "--mode", "sft", "--model", str(world / "tiny-xs"),
+            "--data", str(world / "train.json"), "--max-steps", "60", "--out", str(out), *QUICK]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    progress = out / "checkpoints" / "train_log.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (progress.is_file() and '"step": 2,' in progress.read_text()):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=240)
+    assert proc.returncode == 2, stderr[-3000:]
+    found = re.search(r"stopped by SIGTERM at step (\d+) of 60; saved checkpoint-(\d+)", stderr)
+    assert found and found[1] == found[2], stderr[-3000:]
+    step = int(found[1])
+    assert 2 <= step < 60
+    assert sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*")) == [f"checkpoint-{step}"]
+    logged = [json.loads(line) for line in progress.read_text().splitlines()]
+    assert [r["step"] for r in logged if "step" in r] == list(range(1, step + 1))
+
+    assert kdgrid(args[3:]) == 0
+    rows = log_rows(out)
+    assert {"event": "resume", "from_step": step, "checkpoint": f"checkpoint-{step}"} in rows
+    assert [r["step"] for r in rows if "step" in r] == list(range(1, 61))

@@ -79,11 +79,22 @@ CONFIG_ENV = "KDGRID_TRAIN_CONFIG"
 def relaunch_under_torchrun(cfg: TrainConfig) -> None:
     """Run this same training cell as `cfg.nproc` processes under torchrun; wait for them.
     The config travels as JSON in the environment (torchrun would misread `--nproc` in an argv)."""
+    from .preemption import TORCHRUN_FLAGS, RecordedSignal, TrainingStopped
+
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.nproc}",
-               "-m", "kdgrid.training.worker"]
+               *TORCHRUN_FLAGS, "-m", "kdgrid.training.worker"]
     print(f"kdgrid train [{cfg.cell_name}]: launching {cfg.nproc} processes: {' '.join(command)}", flush=True)
     env = {**os.environ, CONFIG_ENV: json.dumps(cfg.to_dict())}
-    code = subprocess.run(command, env=env, check=False).returncode
+    # A scheduler's stop signal reaches every process of the job: torchrun forwards it to the workers,
+    # which save and stop; this process only has to survive it and report.
+    received = RecordedSignal().install()
+    try:
+        code = subprocess.run(command, env=env, check=False).returncode
+    finally:
+        received.restore()
+    if code != 0 and received.signum:
+        raise TrainingStopped(f"cell {cfg.cell_name}: the {cfg.nproc} processes stopped on {received.name} "
+                              f"(see their messages above); a re-run resumes from the checkpoint they saved")
     if code != 0:
         raise KdgridError(f"cell {cfg.cell_name}: distributed training ({cfg.nproc} processes) failed "
                           f"with exit code {code}; see the messages above")

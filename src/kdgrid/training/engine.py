@@ -134,10 +134,16 @@ def train(cfg: TrainConfig) -> None:
     if cfg.nproc > 1 and not in_distributed_launch():
         relaunch_under_torchrun(cfg)
         return
-    _train_in_this_process(cfg)
+    from .preemption import RecordedSignal
+
+    received = RecordedSignal().install()  # from here on, SIGTERM/SIGUSR1 means "checkpoint and stop"
+    try:
+        _train_in_this_process(cfg, received)
+    finally:
+        received.restore()
 
 
-def _train_in_this_process(cfg: TrainConfig) -> None:
+def _train_in_this_process(cfg: TrainConfig, received) -> None:
     import torch
     from transformers import set_seed
 
@@ -146,9 +152,11 @@ def _train_in_this_process(cfg: TrainConfig) -> None:
     from .callbacks import NonFiniteLossCallback, StepLogCallback, crash_hooks_from_env
     from .data import Collator, ExampleDataset, load_tokenized
     from .distributed import deepspeed_config
+    from .preemption import StopOnSignalCallback, signal_hooks_from_env
     from .trainer import KDTrainer
 
     started = time.time()
+    stop_on_signal = StopOnSignalCallback(received)
     out = Path(cfg.out)
     checkpoints, model_dir, final_log = out / "checkpoints", out / "model", out / "train_log.jsonl"
     progress_log = checkpoints / PROGRESS_LOG
@@ -184,7 +192,7 @@ def _train_in_this_process(cfg: TrainConfig) -> None:
         train_dataset=ExampleDataset(examples),
         data_collator=Collator(tokenizer.pad_token_id),
         callbacks=[StepLogCallback(progress_log, is_main), NonFiniteLossCallback(cfg.cell_name),
-                   *crash_hooks_from_env()],
+                   *crash_hooks_from_env(), *signal_hooks_from_env(), stop_on_signal],
         cfg=cfg,
         teacher=teacher,
         teacher_cache=teacher_cache,
@@ -214,6 +222,7 @@ def _train_in_this_process(cfg: TrainConfig) -> None:
             write_jsonl(progress_log, rows + [{"event": "resume", "from_step": step, "checkpoint": resume.name}])
 
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    stop_on_signal.check(cfg.cell_name, trainer.state)
     _export(trainer, cfg, tokenizer, model_dir, precision, is_main)
     if is_main:
         from ..usage import folder_bytes, peak_rss_mb
