@@ -24,6 +24,7 @@ validate(config, "workflow/schemas/config.schema.yaml")
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/fingerprint.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/sft.smk"
 include: "workflow/rules/teacher.smk"
@@ -40,6 +41,7 @@ localrules:
     all,
     prepare_data,
     materialise_model,
+    fingerprint_folder,
     aggregate,
     stats,
     plots,

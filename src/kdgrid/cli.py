@@ -24,6 +24,7 @@ COMMANDS = {
     "plots": "plots",
     "analyze": "analyze",
     "grid": "grid",
+    "fingerprint": "fingerprint",
 }
 
 

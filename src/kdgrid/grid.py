@@ -44,6 +44,10 @@ TABLE_PARQUET = "tables/results.parquet"
 STATS_CSV = "stats/hypotheses.csv"
 STATS_MD = "stats/summary.md"
 PLOTS_DIR = "plots"
+# Stamps standing in for folder inputs, with their folder's content hash (kdgrid.fingerprint).
+MODEL_STAMP = "fingerprints/models/{model}.json"
+TEST_SET_STAMP = "fingerprints/test-sets/{family}.json"
+FINGERPRINT_CACHE = "fingerprints/cache.json"
 
 MODEL_NAME_REGEX = r"[A-Za-z0-9.\-]+(?:_[A-Za-z0-9.\-]+)*"  # no "__": it separates teacher and student
 
@@ -88,7 +92,8 @@ DEFAULT_COMPARE = {"embedding_model": "none"}
 # measures up to 11% loss error at temperature 2 and 31% at 5 with k = 64); hotter cells run the teacher.
 DEFAULT_TEACHER_CACHE = {"enabled": True, "top_k": 64, "max_temperature": 1.0}
 FAMILY_KEYS = ("tasks", "data", "training", "approx_train_examples", "approx_test_examples")
-DEFAULT_DATA = {"source": "llm-adapters", "local": None, "seed": 0, "n_train": None, "n_test": None, "limit_test": None}
+DEFAULT_DATA = {"source": "llm-adapters", "local": None, "seed": 0, "n_train": None, "n_test": None, "limit_test": None,
+                "verify": True}
 
 
 def unknown_at(where: str, kind: str, name, known) -> KdgridError:
@@ -343,8 +348,24 @@ class Grid:
         return spec.path or spec.hub_id
 
     def model_files(self, name: str) -> list[str]:
-        """The workflow files a model's base weights come from (a materialised tiny model), if any."""
-        return [self.tiny_model_dir(name)] if self.models[name].tiny else []
+        """The workflow files a model's base weights come from (a materialised tiny model, or the content
+        stamp of a `path:` model's folder), if any."""
+        if self.models[name].tiny:
+            return [self.tiny_model_dir(name)]
+        if self.models[name].path:
+            return [self.out(MODEL_STAMP.format(model=name))]
+        return []
+
+    def test_set_stamp(self, family: str) -> str:
+        return self.out(TEST_SET_STAMP.format(family=family))
+
+    def folder_stamps(self) -> dict[str, str]:
+        """Every stamp the rules read -> the folder whose content it fingerprints."""
+        stamps = {self.out(MODEL_STAMP.format(model=m)): self.models[m].path
+                  for models in self.models_of_family.values() for m in models
+                  if self.models[m].path and not self.models[m].tiny}
+        stamps.update({self.test_set_stamp(f): f"{self.data_dir(f)}/test" for f in self.models_of_family})
+        return stamps
 
     def teacher_ckpt(self, family: str, teacher: str, teacher_kind: str) -> str:
         """The cell id of the checkpoint a teacher signal comes from (its evaluation is `<id>/eval/`)."""
@@ -567,6 +588,7 @@ class Grid:
         return {
             "prepare_data": len(self.models_of_family),
             "materialise_model": len(self.tiny_models),
+            "fingerprint_folder": len(self.models_of_family),  # test-set stamps (model stamps: at parse time)
             "sft": len(self.sft_runs),
             "teacher_outputs": len(self.teacher_outputs),
             "teacher_responses": len(self.teacher_responses),

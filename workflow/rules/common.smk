@@ -18,12 +18,25 @@ from kdgrid.grid import (
     TEACHER_RESPONSES_FILE,
     expand_grid,
 )
+from kdgrid.fingerprint import refresh_stamps
+from kdgrid.grid import FINGERPRINT_CACHE
 from kdgrid.tiny_models import world_fingerprint
 
 GRID = expand_grid(config)
 OUT = GRID.outdir
 ENV = "../../envs/kdgrid.yaml"  # relative to the rule files
 TINY_WORLD = world_fingerprint()
+
+# Folder inputs take part in re-run decisions by their content: rules read a stamp holding the folder's
+# content hash, renewed here (in the main process, not again in every cluster job) when the content changed.
+# Stamps of folders from outside (a `path:` model) are written here; those of folders the workflow makes
+# (a prepared test set), by rule fingerprint_folder.
+FOLDER_STAMPS = GRID.folder_stamps()
+if workflow.is_main_process:
+    for _name, _spec in GRID.models.items():
+        if _spec.path and not _spec.tiny and not os.path.isdir(_spec.path):
+            raise KdgridError(f"config key models.{_name}.path: folder {_spec.path} does not exist")
+    refresh_stamps(FOLDER_STAMPS, os.path.join(OUT, FINGERPRINT_CACHE))
 
 if all(model.tiny for model in GRID.models.values()):
     # A grid of tiny models needs no model hub: its jobs (which inherit this environment) never ask it.
@@ -144,7 +157,12 @@ def distill_inputs(wildcards):
 
 def evaluate_inputs(wildcards):
     ev = evaluation(wildcards)
-    return {"test": test_data(ev.family), "model": checkpoint_files(ev.ckpt)}
+    return {"test": GRID.test_set_stamp(ev.family), "model": checkpoint_files(ev.ckpt)}
+
+
+def stamped_folder(wildcards):
+    stamp = out("fingerprints", wildcards.kind, f"{wildcards.name}.json")
+    return _lookup(FOLDER_STAMPS, stamp, "folder stamp")
 
 
 def compare_inputs(wildcards):
