@@ -26,7 +26,6 @@ from .errors import KdgridError
 from .io import sha256_file, write_json
 
 
-
 def _content_files(folder: Path) -> list[Path]:
     files = []
     for root, dirs, names in os.walk(folder, followlinks=True):
