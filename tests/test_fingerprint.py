@@ -80,6 +80,10 @@ def test_a_stamp_is_rewritten_only_when_the_content_changed(folder, tmp_path):
     os.utime(folder, ns=(written, written))  # ... than its folder (a file replaced by an identical copy)
     assert fp.write_stamp(folder, stamp) is False
     assert stamp.stat().st_mtime_ns >= written  # renewed timestamp, same content: no new stamp job
+    renewed = stamp.stat().st_mtime_ns
+    os.utime(stamp, ns=(renewed - 10**9, renewed - 10**9))
+    (folder / ".snakemake_timestamp").touch()  # a hidden file is no content, but its time counts
+    assert fp.write_stamp(folder, stamp) is False and stamp.stat().st_mtime_ns >= renewed
     (folder / "config.json").write_text('{"layers": 3}')
     assert fp.write_stamp(folder, stamp) is True
     assert fp.read_stamp(stamp) == fp.folder_fingerprint(folder)

@@ -70,6 +70,15 @@ def folder_fingerprint(folder: str | os.PathLike, cache_file: str | os.PathLike 
     return digest.hexdigest()
 
 
+def _latest_mtime_ns(folder: Path) -> int:
+    """The latest timestamp of the folder and of every entry in it, hidden ones included."""
+    latest = folder.stat().st_mtime_ns
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        for name in dirs + names:
+            latest = max(latest, os.stat(os.path.join(root, name)).st_mtime_ns)
+    return latest
+
+
 def read_stamp(stamp: str | os.PathLike) -> str | None:
     try:
         return json.loads(Path(stamp).read_text(encoding="utf-8")).get("fingerprint")
@@ -80,12 +89,13 @@ def read_stamp(stamp: str | os.PathLike) -> str | None:
 def write_stamp(folder: str | os.PathLike, stamp: str | os.PathLike, cache_file: str | os.PathLike | None = None) -> bool:
     """Write `stamp` for `folder` unless it already holds the folder's fingerprint; True if written.
 
-    A stamp left as it was but older than its folder (a file replaced by an identical copy changes
-    the folder's timestamp) gets its timestamp renewed, so that Snakemake does not ask for a new stamp."""
+    A stamp left as it was but older than its folder or anything in it (a touched file, Snakemake's
+    `.snakemake_timestamp` of a directory output) gets its timestamp renewed, so that Snakemake, which
+    judges the folder by those timestamps, does not ask rule fingerprint_folder for a new stamp."""
     stamp = Path(stamp)
     fingerprint = folder_fingerprint(folder, cache_file)
     if read_stamp(stamp) == fingerprint:
-        if os.stat(folder).st_mtime_ns > stamp.stat().st_mtime_ns:
+        if _latest_mtime_ns(Path(folder)) > stamp.stat().st_mtime_ns:
             os.utime(stamp)
         return False
     write_json(stamp, {"fingerprint": fingerprint})
