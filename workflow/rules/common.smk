@@ -27,10 +27,9 @@ OUT = GRID.outdir
 ENV = "../../envs/kdgrid.yaml"  # relative to the rule files
 TINY_WORLD = world_fingerprint()
 
-# Folder inputs take part in re-run decisions by their content: rules read a stamp holding the folder's
-# content hash, renewed here (in the main process, not again in every cluster job) when the content changed.
-# Stamps of folders from outside (a `path:` model) are written here; those of folders the workflow makes
-# (a prepared test set), by rule fingerprint_folder.
+# Folder inputs take part in re-run decisions by their content (kdgrid.fingerprint): rules read a stamp
+# holding the folder's content hash, renewed here when the content changed (in the main process, not
+# again in every cluster job). A prepared test set's first stamp comes from rule fingerprint_folder.
 FOLDER_STAMPS = GRID.folder_stamps()
 if workflow.is_main_process:
     for _name, _spec in GRID.models.items():
