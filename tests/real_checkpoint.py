@@ -12,7 +12,8 @@ The cache lives in `$KDGRID_REAL_CACHE` (default `~/.cache/kdgrid/real-checkpoin
 takes about 40 s and a 93 MB download, once per machine. This is test infrastructure only: nothing
 in the product's run-time path reads it.
 
-    python tests/real_checkpoint.py          # build if needed, print the two folders
+    python tests/real_checkpoint.py                 # build if needed, print the two folders
+    python tests/real_checkpoint.py --link DIR      # ... and link them as DIR/teacher, DIR/student
 """
 
 from __future__ import annotations
@@ -122,7 +123,26 @@ def ensure(root: Path | None = None) -> RealCheckpoints:
     return result
 
 
+def link(dirs: RealCheckpoints, where: Path) -> None:
+    """`where/teacher` and `where/student` as symbolic links to the cached folders (config/real-smoke.yaml
+    names them so)."""
+    where.mkdir(parents=True, exist_ok=True)
+    for name, target in (("teacher", dirs.teacher), ("student", dirs.student)):
+        entry = where / name
+        if entry.is_symlink():
+            entry.unlink()
+        entry.symlink_to(target, target_is_directory=True)
+
+
 if __name__ == "__main__":
-    dirs = ensure(Path(sys.argv[1]) if len(sys.argv) > 1 else None)
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("cache", nargs="?", type=Path, help="the cache folder (default: $KDGRID_REAL_CACHE)")
+    parser.add_argument("--link", type=Path, help="link the two folders as LINK/teacher and LINK/student")
+    args = parser.parse_args()
+    dirs = ensure(args.cache)
+    if args.link:
+        link(dirs, args.link)
     print(dirs.teacher)
     print(dirs.student)

@@ -113,3 +113,42 @@ def test_tiny_difficulty_refuses_real_data_naming_the_key(capsys):
     tiny = str(ROOT / "config" / "tiny.yaml")
     assert bench.main(["--config", tiny, "--family", "physics", "--models", "tiny-xs"]) == 2
     assert "unknown family of" in capsys.readouterr().err
+
+
+def test_topk_error_measures_the_given_models_with_their_tokenizer_and_data(tmp_path):
+    """Given models are measured with their own tokenizer (here the tiny one plus a token, so that it
+    can be told apart) on the given records, not the tiny world's tokenizer and synthetic data."""
+    from kdgrid.synthetic import generate_family
+    from kdgrid.tiny_models import materialise
+    from kdgrid.tokenizer import build_tokenizer
+    from kdgrid.training.model_io import load_tokenizer
+
+    folders = {}
+    for role, name in (("teacher", "tiny-s"), ("student", "tiny-xs")):
+        folder = materialise(name, tmp_path / name)
+        tokenizer = load_tokenizer(str(folder))
+        tokenizer.add_tokens(["<only-in-the-given-tokenizer>"])
+        tokenizer.save_pretrained(folder)
+        folders[role] = folder
+    _, tests = generate_family("commonsense", seed=5, n_train=0, n_test=3)
+    records = [r for rows in tests.values() for r in rows]
+    data = tmp_path / "records.json"
+    data.write_text(json.dumps(records))
+
+    bench = load_script("topk_error")
+    out = tmp_path / "topk.json"
+    assert bench.main(["--teacher", str(folders["teacher"]), "--student", str(folders["student"]),
+                       "--data", str(data), "--n-eval", "4", "--ks", "8", "--temperatures", "1",
+                       "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["tokenizer_length"] == len(build_tokenizer()) + 1
+    assert result["data"] == str(data) and result["n_eval_sequences"] == 4
+    assert {(r["k"], r["temperature"]) for r in result["rows"]} == {(8, 1.0)}
+    assert all(r["dense"] > 0 and r["rel_error"] < 1 for r in result["rows"])
+
+
+def test_topk_error_wants_both_models_or_neither(tmp_path, capsys):
+    bench = load_script("topk_error")
+    with pytest.raises(SystemExit):
+        bench.main(["--teacher", str(tmp_path), "--out", str(tmp_path / "x.json")])
+    assert "--student" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""The conda environment the rules use pins versions that satisfy pyproject.toml's ranges."""
+"""The conda environment the rules use pins versions that satisfy pyproject.toml's ranges: the base
+dependencies and the extras the paper grid (config.yaml) uses."""
 
 import re
 from pathlib import Path
@@ -10,9 +11,21 @@ from packaging.requirements import Requirement
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _pyproject_requirements() -> dict[str, Requirement]:
+def _paper_grid_extras() -> list[str]:
+    """The optional dependencies config.yaml's settings need in every job's environment."""
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    extras = []
+    if str((config.get("compare") or {}).get("embedding_model", "none")).lower() != "none":
+        extras.append("embeddings")  # kdgrid compare loads a sentence-transformers model
+    return extras
+
+
+def _pyproject_requirements(extras=()) -> dict[str, Requirement]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    return {Requirement(r).name.lower(): Requirement(r) for r in project["dependencies"]}
+    lines = list(project["dependencies"])
+    for extra in extras:
+        lines += project["optional-dependencies"][extra]
+    return {Requirement(r).name.lower(): Requirement(r) for r in lines}
 
 
 def _env_pins(path: Path) -> dict[str, str]:
@@ -28,8 +41,12 @@ def _env_pins(path: Path) -> dict[str, str]:
     return pins
 
 
+def test_the_paper_grid_needs_the_embeddings_extra():
+    assert _paper_grid_extras() == ["embeddings"]
+
+
 def test_every_env_pins_exactly_the_pyproject_dependencies_within_their_ranges():
-    required = _pyproject_requirements()
+    required = _pyproject_requirements(_paper_grid_extras())
     env_files = sorted((ROOT / "envs").glob("*.yaml"))
     assert env_files, "no conda environment files in envs/"
     for path in env_files:

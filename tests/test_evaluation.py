@@ -240,3 +240,31 @@ def test_paper_sampling_is_seeded(tiny_model, tiny_eval, data, tmp_path):
     assert scores["settings"]["sampling"] is True and scores["settings"]["top_k"] == 0
     greedy = [r["generation"] for r in read_jsonl(tiny_eval / "records.jsonl") if r["task"] == "syn_arith"][:2]
     assert [g[:8] for g in first] != [g[:8] for g in greedy]
+
+
+def test_evaluation_outside_a_git_checkout_writes_no_git_noise(data, tmp_path, monkeypatch, capfd):
+    """lm-eval runs `git describe` in the working directory; outside a checkout git's `fatal: not a git
+    repository` must not reach the job's log (issue 11)."""
+    import subprocess
+
+    outside = tmp_path / "not-a-checkout"
+    outside.mkdir()
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))  # git looks no further up
+    monkeypatch.chdir(outside)
+    assert subprocess.run(["git", "rev-parse"], capture_output=True, check=False).returncode != 0  # really outside
+    capfd.readouterr()
+    evaluate(oracle(data["math"]), data["math"], "math", tmp_path / "eval", tasks=["syn_arith"])
+    assert "not a git repository" not in capfd.readouterr().err
+
+
+def test_other_git_failures_still_reach_the_log(tmp_path, monkeypatch, capfd):
+    import subprocess
+
+    from kdgrid.evaluation.runner import _git_describe_quietly
+
+    repo = tmp_path / "empty-repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    monkeypatch.chdir(repo)
+    assert _git_describe_quietly() is None  # a repository without commits: git describe fails
+    assert "fatal" in capfd.readouterr().err

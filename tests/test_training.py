@@ -111,6 +111,10 @@ def test_tokenize_records_masks_order_and_cache(world, tmp_path, monkeypatch):
         assert r["loss_mask"] == [0] * len(prompt_ids) + [1] * (len(a["input_ids"]) - len(prompt_ids))
     cut = tokenize_records(records, tokenizer, 20, "response")
     assert all(len(e["input_ids"]) == 20 and sum(e["loss_mask"]) == 0 for e in cut)  # prompt fills the cutoff
+    assert not any(e["truncated"] for e in full) and all(e["truncated"] for e in cut)
+    lengths = sorted(len(e["input_ids"]) for e in full)
+    middle = tokenize_records(records, tokenizer, lengths[2], "all")
+    assert [e["truncated"] for e in middle] == [len(e["input_ids"]) > lengths[2] for e in full]
 
     batch = Collator(tokenizer.pad_token_id)([ExampleDataset(full)[i] for i in (3, 1)])
     assert batch["example_index"].tolist() == [3, 1]
@@ -210,6 +214,24 @@ def test_student_sft_loss_falls_and_model_loads(world, finetune):
         assert not any("o_proj" in n or "embed" in n or "gate_proj" in n for n in changed)
     out = model.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=4, do_sample=False)
     assert out.shape == (1, 7)
+
+
+def test_examples_truncated_at_the_cutoff_are_counted_in_the_log(world, capsys):
+    from transformers import AutoTokenizer
+
+    from kdgrid.training.data import tokenize_records
+
+    tokenizer = AutoTokenizer.from_pretrained(world / "tiny-xs")
+    lengths = sorted(len(e["input_ids"]) for e in tokenize_records(
+        json.loads((world / "train.json").read_text()), tokenizer, 10_000, "all"))
+    cutoff = lengths[len(lengths) // 2]
+    expected = sum(n > cutoff for n in lengths)
+    assert 0 < expected < len(lengths)
+    cell = train(world, "sft-truncated", "--mode", "sft", "--model", str(world / "tiny-xs"), "--finetune", "full",
+                 "--max-steps", "1", *QUICK, "--cutoff", str(cutoff))
+    header = log_rows(cell)[0]
+    assert header["truncated_examples"] == expected and header["examples"] == len(lengths)
+    assert f"{expected} truncated at the cutoff of {cutoff} tokens" in capsys.readouterr().out
 
 
 # --- distillation ---------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ COMMANDS = {
     "analyze": "analyze",
     "grid": "grid",
     "cluster": "cluster",
+    "fingerprint": "fingerprint",
 }
 
 

@@ -48,6 +48,10 @@ COST_JOBS_CSV = "tables/cost_jobs.csv"  # and one row per job
 STATS_CSV = "stats/hypotheses.csv"
 STATS_MD = "stats/summary.md"
 PLOTS_DIR = "plots"
+# Stamps standing in for folder inputs, with their folder's content hash (kdgrid.fingerprint).
+MODEL_STAMP = "fingerprints/models/{model}.json"
+TEST_SET_STAMP = "fingerprints/test-sets/{family}.json"
+FINGERPRINT_CACHE = "fingerprints/cache.json"
 
 MODEL_NAME_REGEX = r"[A-Za-z0-9.\-]+(?:_[A-Za-z0-9.\-]+)*"  # no "__": it separates teacher and student
 DEFAULT_MODELS_DIR = "resources/hub"  # hub models, fetched once (kdgrid.hub); put it on a shared file system
@@ -363,10 +367,26 @@ class Grid:
         return spec.path
 
     def model_files(self, name: str) -> list[str]:
-        """The workflow files a model's base weights come from (a materialised tiny model), if any."""
+        """The workflow files a model's base weights come from (a materialised tiny model, a fetched hub
+        model's folder, or the content stamp of a `path:` model's folder), if any."""
+        if self.models[name].tiny:
+            return [self.tiny_model_dir(name)]
         if self.is_hub(name):
             return [self.hub_model_dir(name)]
-        return [self.tiny_model_dir(name)] if self.models[name].tiny else []
+        if self.models[name].path:
+            return [self.out(MODEL_STAMP.format(model=name))]
+        return []
+
+    def test_set_stamp(self, family: str) -> str:
+        return self.out(TEST_SET_STAMP.format(family=family))
+
+    def folder_stamps(self) -> dict[str, str]:
+        """Every stamp the rules read -> the folder whose content it fingerprints."""
+        stamps = {self.out(MODEL_STAMP.format(model=m)): self.models[m].path
+                  for models in self.models_of_family.values() for m in models
+                  if self.models[m].path and not self.models[m].tiny}
+        stamps.update({self.test_set_stamp(f): f"{self.data_dir(f)}/test" for f in self.models_of_family})
+        return stamps
 
     # -- hub models: fetched once into models_dir (kdgrid.hub) ---------------------------------
     def is_hub(self, name: str) -> bool:
@@ -662,6 +682,7 @@ class Grid:
             "prepare_data": len(self.models_of_family),
             "materialise_model": len(self.tiny_models),
             "fetch_model": len(self.hub_models),
+            "fingerprint_folder": len(self.models_of_family),  # test-set stamps (model stamps: at parse time)
             "sft": len(self.sft_runs),
             "teacher_outputs": len(self.teacher_outputs),
             "teacher_responses": len(self.teacher_responses),

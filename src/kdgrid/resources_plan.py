@@ -22,6 +22,17 @@ forward pass (an online teacher, a cache run, reading prompts); generation (GKD'
 seqkd's teacher responses, evaluation) is memory bound on a GPU: a fixed time per decoding step of a
 batch; on a CPU its 2 x N FLOPs per generated token count like the rest. FLOPs divided by
 `gpu_tflops` (a sustained figure) give GPU-seconds, by `cpu_gflops` (per core) core-seconds.
+
+Memory of a job on CPU (fp32 throughout), in GB, times CPU_MEM_MARGIN, and at least `cpu_mem_mb`:
+CPU_BASE_GB (Python, torch, transformers, lm-eval) + 8 bytes x parameters of every model loaded
+(fp32 weights and one copy while loading or merging LoRA) + 12 more per trained parameter with full
+fine-tuning (gradients, Adam's two moments) + CPU_ACTIVATION_GB_PER_B per billion parameters per 1024
+tokens of a micro-batch (a frozen teacher or an inference job: CPU_FORWARD_SHARE of it). Measured
+(benchmarks max RSS, 2026-12-01, SmolLM2-135M-Instruct and a 63.7M 10-layer cut of it, LoRA, fp32):
+SFT of 135M at 4 x 256 tokens 3.45 GB, at 2 x 128 tokens 1.81 GB; of 63.7M at 2 x 128 1.10 GB; GKD
+(63.7M student, 135M teacher online) 1.54 GB; fkl from the cache 0.99 GB; evaluation of 63.7M 0.81 GB;
+teacher outputs of 135M 1.57 GB. The activation term (2.1 GB per 1024 tokens at 135M, the 49k-token
+vocabulary's logits included) is fitted on the two 135M SFT runs.
 """
 
 from __future__ import annotations
@@ -54,6 +65,11 @@ INFERENCE_OVERHEAD_GB = 4.0  # KV cache and buffers of a generation batch
 STARTUP_MIN = 10  # loading models, launching processes
 DECODE_STEP_S_BASE, DECODE_STEP_S_PER_B = 0.015, 0.0015  # one generation step of a batch (memory bound)
 HOST_MEM_BASE_GB, HOST_MEM_GB_PER_B = 16, 2.5  # host RAM: base plus loading weights, per process
+CPU_BASE_GB = 1.0
+CPU_WEIGHT_BYTES, CPU_FULL_FT_BYTES = 8, 12  # per parameter (module docstring)
+CPU_ACTIVATION_GB_PER_B = 16.0  # per billion parameters, per 1024 tokens in a micro-batch
+CPU_FORWARD_SHARE = 0.3  # a forward pass without gradients, of the training activations
+CPU_MEM_MARGIN = 1.5
 
 
 @dataclass(frozen=True)
@@ -120,9 +136,23 @@ def inference_work(model_b: float, examples: float, prompt_tokens: int, new_toke
                 decode_parallel=False)
 
 
-def _cpu_job(res: dict) -> JobResources:
+def _cpu_job(res: dict, mem_gb: float) -> JobResources:
+    mem_mb = max(int(res["cpu_mem_mb"]), 256 * math.ceil(CPU_MEM_MARGIN * mem_gb * 1024 / 256))
     return JobResources(gpu=0, nproc=1, zero_stage=0, cpus_per_gpu=0, threads=int(res["cpu_threads"]),
-                        mem_mb=int(res["cpu_mem_mb"]), runtime=int(res["cpu_runtime_min"]))
+                        mem_mb=mem_mb, runtime=int(res["cpu_runtime_min"]))
+
+
+def cpu_training_mem_gb(training: dict, student_b: float, teacher_b: float) -> float:
+    """The estimated peak memory (GB, before the margin) of a training job on CPU (module docstring)."""
+    tokens_k = training["micro_batch_size"] * training["cutoff"] / 1024
+    trained = (CPU_FULL_FT_BYTES * student_b) if training["finetune"] == "full" else 0.0
+    return (CPU_BASE_GB + CPU_WEIGHT_BYTES * (student_b + teacher_b) + trained
+            + tokens_k * CPU_ACTIVATION_GB_PER_B * (student_b + CPU_FORWARD_SHARE * teacher_b))
+
+
+def cpu_inference_mem_gb(model_b: float, batch_size: int, tokens: int) -> float:
+    tokens_k = batch_size * tokens / 1024
+    return CPU_BASE_GB + CPU_WEIGHT_BYTES * model_b + tokens_k * CPU_ACTIVATION_GB_PER_B * CPU_FORWARD_SHARE * model_b
 
 
 def _check(res: dict) -> None:
@@ -155,7 +185,7 @@ def plan_training(res: dict, training: dict, student_b: float, teacher_b: float,
     student samples per example (GKD)."""
     _check(res)
     if res["accelerator"] == "cpu":
-        return _cpu_job(res)
+        return _cpu_job(res, cpu_training_mem_gb(training, student_b, teacher_b))
     full = training["finetune"] == "full"
     weight_bytes = 4 if training["precision"] == "fp32" else 2
     sharded = (16 if full else weight_bytes) * student_b + weight_bytes * teacher_b
@@ -177,7 +207,7 @@ def plan_inference(res: dict, model_b: float, examples: int, prompt_tokens: int,
     """One model reading `examples` prompts (a forward pass each) and generating up to `new_tokens`."""
     _check(res)
     if res["accelerator"] == "cpu":
-        return _cpu_job(res)
+        return _cpu_job(res, cpu_inference_mem_gb(model_b, batch_size, prompt_tokens + new_tokens))
     gpus = _gpus_for(res, 2 * model_b, INFERENCE_OVERHEAD_GB, f"running a {model_b:g}B model")
     seconds = inference_work(model_b, examples, prompt_tokens, new_tokens, batch_size).gpu_wall_seconds(res, gpus)
     host_gb = HOST_MEM_BASE_GB + HOST_MEM_GB_PER_B * model_b

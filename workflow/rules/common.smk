@@ -23,6 +23,8 @@ from kdgrid.grid import (
     TEACHER_RESPONSES_FILE,
     expand_grid,
 )
+from kdgrid.fingerprint import refresh_stamps
+from kdgrid.grid import FINGERPRINT_CACHE
 from kdgrid.tiny_models import world_fingerprint
 
 GRID = expand_grid(config)
@@ -61,6 +63,17 @@ def hub_disk_summary():
 
 if workflow.is_main_process and hub_disk_summary():
     print(hub_disk_summary(), file=sys.stderr)
+
+# Folder inputs take part in re-run decisions by their content (kdgrid.fingerprint): rules read a stamp
+# holding the folder's content hash, renewed here when the content changed (in the main process, not
+# again in every cluster job). A prepared test set's first stamp comes from rule fingerprint_folder.
+FOLDER_STAMPS = GRID.folder_stamps()
+if workflow.is_main_process:
+    for _name, _spec in GRID.models.items():
+        if _spec.path and not _spec.tiny and not os.path.isdir(_spec.path):
+            raise KdgridError(f"config key models.{_name}.path: folder {_spec.path} does not exist")
+    refresh_stamps(FOLDER_STAMPS, os.path.join(OUT, FINGERPRINT_CACHE))
+
 
 
 wildcard_constraints:
@@ -183,7 +196,12 @@ def distill_inputs(wildcards):
 
 def evaluate_inputs(wildcards):
     ev = evaluation(wildcards)
-    return {"test": test_data(ev.family), "model": checkpoint_files(ev.ckpt)}
+    return {"test": GRID.test_set_stamp(ev.family), "model": checkpoint_files(ev.ckpt)}
+
+
+def stamped_folder(wildcards):
+    stamp = out("fingerprints", wildcards.kind, f"{wildcards.name}.json")
+    return _lookup(FOLDER_STAMPS, stamp, "folder stamp")
 
 
 def compare_inputs(wildcards):

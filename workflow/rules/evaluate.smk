@@ -10,7 +10,7 @@ rule evaluate:
         model=lambda w: checkpoint_model(evaluation(w).ckpt),
         model_revision=lambda w: base_model_revision(evaluation(w).ckpt),
         family=lambda w: evaluation(w).family,
-        data_dir=lambda w, input: os.path.dirname(input.test),
+        data_dir=lambda w: os.path.dirname(test_data(evaluation(w).family)),
         tasks=lambda w: ",".join(GRID.families[evaluation(w).family].tasks),
         settings=flags(GRID.evaluation_args()),
         meta=lambda w: meta_flags(evaluation(w).meta),

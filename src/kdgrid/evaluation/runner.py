@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import KdgridError
@@ -145,18 +146,19 @@ def evaluate(
     with tempfile.TemporaryDirectory(prefix="kdgrid-lmeval-") as config_dir:
         names = write_task_configs(test_files, Path(config_dir), settings, rule)
         task_manager = TaskManager(include_path=config_dir, include_defaults=False)
-        results = lm_eval.simple_evaluate(
-            model=lm,
-            tasks=list(names.values()),
-            task_manager=task_manager,
-            num_fewshot=0,
-            limit=limit,
-            log_samples=True,
-            random_seed=seed,
-            numpy_random_seed=seed,
-            torch_random_seed=seed,
-            bootstrap_iters=0,
-        )
+        with quiet_git_hash():
+            results = lm_eval.simple_evaluate(
+                model=lm,
+                tasks=list(names.values()),
+                task_manager=task_manager,
+                num_fewshot=0,
+                limit=limit,
+                log_samples=True,
+                random_seed=seed,
+                numpy_random_seed=seed,
+                torch_random_seed=seed,
+                bootstrap_iters=0,
+            )
 
     accuracy, counts, records = {}, {}, []
     for task, name in names.items():
@@ -188,3 +190,35 @@ def evaluate(
         write_json(tmp / SCORES_FILE, scores)
         write_jsonl(tmp / RECORDS_FILE, records)
     return scores
+
+
+def _git_describe_quietly() -> str | None:
+    """lm-eval's `get_git_commit_hash` (the commit of the working directory, if it is a git checkout)
+    without git's `fatal: not a git repository` on stderr outside one."""
+    import subprocess
+    import sys
+
+    try:
+        done = subprocess.run(["git", "describe", "--always"], capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        return None
+    if done.returncode != 0:
+        if "not a git repository" not in done.stderr:
+            sys.stderr.write(done.stderr)  # any other failure of git is still reported
+        return None
+    return done.stdout.strip() or None
+
+
+@contextmanager
+def quiet_git_hash():
+    """lm-eval records the git commit of the working directory by running `git describe` with stderr
+    left on the job's log, where outside a checkout git writes `fatal: not a git repository` into every
+    evaluation log. Only that call is replaced; every other message of lm-eval and git stays."""
+    import lm_eval.evaluator
+
+    original = lm_eval.evaluator.get_git_commit_hash
+    lm_eval.evaluator.get_git_commit_hash = _git_describe_quietly
+    try:
+        yield
+    finally:
+        lm_eval.evaluator.get_git_commit_hash = original

@@ -22,13 +22,14 @@ from ..prompt import build_training_text
 from ..records import load_records
 
 TOKEN_SCOPES = ("all", "response")
+TOKENIZED_FORMAT = 2  # part of the tokenised-data cache key: 2 added each example's `truncated` flag
 
 
 def tokenize_records(records: list[dict], tokenizer, cutoff: int, token_scope: str = "all") -> list[dict]:
     """Each record as {"input_ids": [...], "loss_mask": [...], "prompt_len": n}, in record order.
 
     The sequence is prompt + response + eos (the eos is kept only if it fits), truncated to `cutoff`
-    tokens. Prompt and response are tokenised separately so the prompt's tokens are exactly those a
+    tokens; `truncated` says whether it was (the whole sequence, eos included, did not fit). Prompt and response are tokenised separately so the prompt's tokens are exactly those a
     model sees at generation time. `token_scope` "all" trains on every token after the first (the
     study's code, LLM-Adapters' train_on_inputs), "response" only on the response and eos.
     """
@@ -43,13 +44,14 @@ def tokenize_records(records: list[dict], tokenizer, cutoff: int, token_scope: s
     response_ids = tokenizer(list(responses), add_special_tokens=False)["input_ids"]
     examples = []
     for p, r in zip(prompt_ids, response_ids):
-        ids = (list(p) + list(r) + [tokenizer.eos_token_id])[:cutoff]
+        whole = list(p) + list(r) + [tokenizer.eos_token_id]
+        ids = whole[:cutoff]
         n_prompt = min(len(p), len(ids))
         if token_scope == "all":
             mask = [0] + [1] * (len(ids) - 1)
         else:
             mask = [0] * n_prompt + [1] * (len(ids) - n_prompt)
-        examples.append({"input_ids": ids, "loss_mask": mask, "prompt_len": n_prompt})
+        examples.append({"input_ids": ids, "loss_mask": mask, "prompt_len": n_prompt, "truncated": len(whole) > cutoff})
     return examples
 
 
@@ -67,10 +69,12 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 def tokenized_cache_path(data_path: str | os.PathLike, tokenizer, cutoff: int, token_scope: str) -> Path:
     """Where the tokenised form of `data_path` is cached: $KDGRID_CACHE_DIR/tokenized, or a
-    `.kdgrid_cache/` folder beside the data file, named by a hash of everything that decides it."""
+    `.kdgrid_cache/` folder beside the data file, named by a hash of everything that decides it
+    (and of the format of its examples, so that a cache of an older format is never read)."""
     data_path = Path(data_path)
     key = hashlib.sha256(
-        json.dumps([sha256_file(data_path), tokenizer_fingerprint(tokenizer), cutoff, token_scope]).encode()
+        json.dumps([sha256_file(data_path), tokenizer_fingerprint(tokenizer), cutoff, token_scope,
+                    TOKENIZED_FORMAT]).encode()
     ).hexdigest()[:24]
     root = Path(os.environ["KDGRID_CACHE_DIR"]) / "tokenized" if os.environ.get("KDGRID_CACHE_DIR") else (
         data_path.parent / ".kdgrid_cache"

@@ -180,6 +180,7 @@ def _train_in_this_process(cfg: TrainConfig, received) -> None:
     with args.main_process_first(desc="tokenise the training data"):
         examples, from_cache = load_tokenized(cfg.data, tokenizer, cfg.cutoff, cfg.token_scope)
 
+    truncated = sum(e["truncated"] for e in examples)
     set_seed(cfg.seed)
     student = model_io.load_student(cfg, precision)
     student_width = student.config.vocab_size
@@ -205,12 +206,14 @@ def _train_in_this_process(cfg: TrainConfig, received) -> None:
                     "cache": f"teacher-output cache {cfg.teacher_cache}"}[source]
     if is_main:
         print(f"kdgrid train [{cfg.cell_name}]: {cfg.mode} {cfg.method or ''} | teacher source: {teacher_line} | "
-              f"{why} | {len(examples)} examples ({'tokenised-data cache hit' if from_cache else 'tokenised'}) | "
+              f"{why} | {len(examples)} examples ({'tokenised-data cache hit' if from_cache else 'tokenised'}), "
+              f"{truncated} truncated at the cutoff of {cfg.cutoff} tokens | "
               f"{args.world_size} process(es), ZeRO stage {cfg.zero_stage}, {precision}", flush=True)
         header = {"event": "config", "config": cfg.to_dict(), "teacher_source": source, "teacher": teacher_line,
                   **revisions_of_cell(cfg),
                   "precision": precision, "world_size": args.world_size,
                   "deepspeed": deepspeed_config(cfg.zero_stage), "examples": len(examples),
+                  "truncated_examples": truncated,
                   "tokenized_cache_hit": from_cache,
                   "data_verified": read_data_verified(Path(cfg.data).parent)}
         if resume is None:

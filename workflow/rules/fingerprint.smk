@@ -1,0 +1,21 @@
+# The stamp of a folder input the workflow makes (a prepared test set): its content hash
+# (kdgrid.fingerprint). Written here when the folder is new; renewed at parse time (common.smk) when its
+# content changes, so that the rules reading it re-run exactly then. A `path:` model's stamp is written
+# at parse time only, since its folder comes from outside the workflow.
+
+
+rule fingerprint_folder:
+    input:
+        stamped_folder,
+    output:
+        out("fingerprints/{kind}/{name}.json"),
+    params:
+        cache=out(FINGERPRINT_CACHE),
+    wildcard_constraints:
+        kind="test-sets",
+    log:
+        log_of("fingerprint_folder", "{kind}/{name}"),
+    conda:
+        ENV
+    shell:
+        "kdgrid fingerprint {input} --out {output} --cache {params.cache} > {log} 2>&1"
