@@ -30,6 +30,8 @@ def tiny_folder(tmp_path_factory):
 def hub(tiny_folder, monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setattr("kdgrid.hub._token", lambda: os.environ.get("HF_TOKEN"))  # no token file of this machine
+    # Online, as the fetch_model rule runs (HF_HUB_OFFLINE=0), whatever other test modules set at import.
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
     with HubStandIn() as stand_in:
         stand_in.commit = stand_in.serve(HUB_ID, tiny_folder)
         yield stand_in
