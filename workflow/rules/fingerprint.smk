@@ -15,6 +15,8 @@ rule fingerprint_folder:
         kind="test-sets",
     log:
         log_of("fingerprint_folder", "{kind}/{name}"),
+    benchmark:
+        benchmark_of("fingerprint_folder", "{kind}/{name}")
     conda:
         ENV
     shell:
