@@ -12,6 +12,10 @@ Columns (TABLE_COLUMNS):
   KD row carries both sides of the SFT-vs-KD comparison. SFT rows themselves have no teacher.
 - student_size_b (size of `model` for base/sft rows, of the student for KD rows), teacher_size_b,
   in billions of parameters.
+- teacher_signal (cache|online), cache_decision_reason, cache_loss_error (KD rows, CACHE_COLUMNS): what the
+  cell trained on and why, from the `teacher_signal` event of its train_log.jsonl (beside its eval/
+  folder): a cell that may read the teacher-output cache measures it on its first step and reads it
+  only within its tolerance (docs/teacher_cache.md). Empty where the cell has no such log or event.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ TABLE_COLUMNS = [
     "noise_sigma", "teacher_kind", "seed", "accuracy", "n_items", *METRICS, *SFT_METRICS,
     "student_size_b", "teacher_size_b",
 ]
+CACHE_COLUMNS = ["teacher_signal", "cache_decision_reason", "cache_loss_error"]
+TABLE_COLUMNS += CACHE_COLUMNS
 
 
 def warn(message: str) -> None:
@@ -136,7 +142,22 @@ def _checkpoint(path: Path, obj) -> dict:
         "n_items": {t: _number(v, path, f"n.{t}", int) for t, v in n_items.items() if t != AVERAGE},
         "compare": {},
         "sft_compare": {},
+        **(_teacher_signal(path) if role == "kd" else {}),
     }
+
+
+def _teacher_signal(scores_path: Path) -> dict:
+    """CACHE_COLUMNS of a KD checkpoint, from the train log of its cell (<cell>/eval/scores.json ->
+    <cell>/train_log.jsonl)."""
+    from ..io import read_jsonl
+
+    log = scores_path.parent.parent / "train_log.jsonl"
+    signals = [r for r in read_jsonl(log) if r.get("event") == "teacher_signal"] if log.is_file() else []
+    if not signals:
+        return {}
+    last = signals[-1]
+    return {"teacher_signal": last.get("teacher_signal"), "cache_decision_reason": last.get("reason"),
+            "cache_loss_error": last.get("loss_error")}
 
 
 def _comparison(path: Path, obj) -> dict:
@@ -241,6 +262,7 @@ def build_table(scores_paths, compare_paths, sizes: dict[str, float]):
                                       "temperature", "noise_sigma", "teacher_kind", "seed")}
         ident["student_size_b"] = model_size(ckpt["model"], sizes)
         ident["teacher_size_b"] = model_size(ckpt["teacher"], sizes) if ckpt["teacher"] else None
+        ident.update({column: ckpt.get(column) for column in CACHE_COLUMNS})
         per_task = []
         for task in own_tasks:
             row = {**ident, "task": task, "accuracy": ckpt["accuracy"][task], "n_items": ckpt["n_items"].get(task)}
@@ -270,7 +292,8 @@ def sort_table(table, family_tasks: dict[str, list[str]] | None = None):
     keys = ["family", "_role", "model", "teacher", "method", "temperature", "noise_sigma", "teacher_kind", "seed", "_task", "task"]
     table = table.sort_values(keys, kind="stable", na_position="first").drop(columns=["_role", "_task"])
     table["seed"] = pd.array(table["seed"], dtype="Int64")
-    for column in ("temperature", "noise_sigma", "accuracy", "n_items", *METRICS, *SFT_METRICS, "student_size_b", "teacher_size_b"):
+    for column in ("temperature", "noise_sigma", "accuracy", "n_items", *METRICS, *SFT_METRICS, "student_size_b", "teacher_size_b",
+                   "cache_loss_error"):
         table[column] = pd.to_numeric(table[column], errors="coerce").astype("float64")
     return table.reset_index(drop=True)
 
@@ -300,4 +323,7 @@ def read_table(path):
         raise KdgridError(f"{path}: expected a .csv or .parquet results table")
     if "seed" in table.columns:
         table["seed"] = pd.array(pd.to_numeric(table["seed"], errors="coerce"), dtype="Int64")
+    for column in ("teacher_signal", "cache_decision_reason"):  # text, possibly empty in every row
+        if column in table.columns:
+            table[column] = table[column].astype("object").where(table[column].notna(), None)
     return table
