@@ -7,6 +7,8 @@
 #   snakemake --profile profiles/tiny              the embedded tiny grid on CPU (config/tiny.yaml)
 #   snakemake --report results/report.html         the report, once a run has finished
 
+import sys
+
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -31,6 +33,17 @@ include: "workflow/rules/distill.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/compare.smk"
 include: "workflow/rules/analysis.smk"
+
+
+def _dry_run(argv):
+    return any(a in ("--dry-run", "--dryrun") or (a[:1] == "-" and a[1:2] != "-" and "n" in a[1:]) for a in argv)
+
+
+if workflow.is_main_process and _dry_run(sys.argv[1:]):
+    # which cells may read the teacher cache, and under what condition (decided in each distill job)
+    from kdgrid.commands.grid import cache_conditions
+
+    print("\n".join(cache_conditions(GRID)), file=sys.stderr)
 
 
 report: "workflow/report/workflow.rst"
