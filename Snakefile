@@ -35,14 +35,10 @@ include: "workflow/rules/compare.smk"
 include: "workflow/rules/analysis.smk"
 
 
-def _dry_run(argv):
-    return any(a in ("--dry-run", "--dryrun") or (a[:1] == "-" and a[1:2] != "-" and "n" in a[1:]) for a in argv)
+from kdgrid.commands.grid import cache_conditions, is_dry_run
 
-
-if workflow.is_main_process and _dry_run(sys.argv[1:]):
+if workflow.is_main_process and is_dry_run(sys.argv[1:]):
     # which cells may read the teacher cache, and under what condition (decided in each distill job)
-    from kdgrid.commands.grid import cache_conditions
-
     print("\n".join(cache_conditions(GRID)), file=sys.stderr)
 
 

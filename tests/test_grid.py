@@ -309,3 +309,15 @@ def test_importing_the_grid_stays_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
+
+
+def test_summary_and_dry_run_say_which_cells_may_read_the_cache(capsys):
+    from kdgrid.commands.grid import is_dry_run
+
+    assert main(["grid", "summary", "--config", str(ROOT / "config.yaml")]) == 0
+    lines = [" ".join(line.split()) for line in capsys.readouterr().out.splitlines()]
+    assert "fkl 32 cells (temperature 1): if |error| <= 0.50%" in lines
+    assert "rkl 22 cells (temperature 1): if |error| <= 2.00%" in lines
+    assert any(line.startswith("teacher cache (top-64 + 64 tail samples): 54 cells may read it") for line in lines)
+    assert is_dry_run(["-n"]) and is_dry_run(["-np", "--cores", "1"]) and is_dry_run(["--dry-run"])
+    assert not is_dry_run(["--profile", "profiles/tiny", "--cores", "2", "-p"])

@@ -35,6 +35,12 @@ def summary(grid) -> str:
     return "\n".join(lines)
 
 
+def is_dry_run(argv: list[str]) -> bool:
+    """Is this Snakemake command line a dry run (-n, -np, --dry-run)? The Snakefile then prints
+    `cache_conditions` above the job table."""
+    return any(a in ("--dry-run", "--dryrun") or (a[:1] == "-" and a[1:2] != "-" and "n" in a[1:]) for a in argv)
+
+
 def cache_conditions(grid) -> list[str]:
     """Which cells may read the teacher-output cache, and the condition under which they do."""
     may: dict[str, list] = {}
