@@ -69,7 +69,7 @@ def first_step(pair, data, out: Path, method: str, *flags: str) -> tuple[list[di
 
 
 def test_the_cache_measures_the_teachers_rest_when_written(cache):
-    data, path = cache
+    _, path = cache
     figures = json.loads(path.with_name("topk64.fidelity.json").read_text())
     rest = figures["fidelity"]["1"]
     # the real teacher keeps a few % of its mass outside its top 64: what a top-k-only cache loses

@@ -48,11 +48,11 @@ def cache_conditions(grid) -> list[str]:
         if grid.uses_cache(cell):
             may.setdefault(cell.method, []).append(cell)
     if not may:
-        return ["teacher cache: no cell reads it (disabled, or no off-policy cell at temperature <= "
-                f"{grid.teacher_cache['max_temperature']:g})"]
-    lines = [f"teacher cache (top-{grid.teacher_cache['top_k']} + {grid.teacher_cache['tail_samples']} tail samples): "
-             f"{sum(map(len, may.values()))} cells may read it; each measures it against its teacher on its "
-             "first step and reads it only if its loss error is within the tolerance, else runs the teacher online:"]
+        return [("teacher cache: no cell reads it (disabled, or no off-policy cell at temperature <= "
+                 f"{grid.teacher_cache['max_temperature']:g})")]
+    lines = [(f"teacher cache (top-{grid.teacher_cache['top_k']} + {grid.teacher_cache['tail_samples']} tail samples): "
+              f"{sum(map(len, may.values()))} cells may read it; each measures it against its teacher on its "
+              "first step and reads it only if its loss error is within the tolerance, else runs the teacher online:")]
     for method, cells in may.items():
         temps = ", ".join(sorted({format(c.temperature, "g") for c in cells}, key=float))
         lines.append(f"  {method:<8} {len(cells):>4} cells (temperature {temps}): if |error| <= "
