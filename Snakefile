@@ -7,6 +7,8 @@
 #   snakemake --profile profiles/tiny              the embedded tiny grid on CPU (config/tiny.yaml)
 #   snakemake --report results/report.html         the report, once a run has finished
 
+import sys
+
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -33,6 +35,13 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/compare.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/preflight.smk"
+
+
+from kdgrid.commands.grid import cache_conditions, is_dry_run
+
+if workflow.is_main_process and is_dry_run(sys.argv[1:]):
+    # which cells may read the teacher cache, and under what condition (decided in each distill job)
+    print("\n".join(cache_conditions(GRID)), file=sys.stderr)
 
 
 report: "workflow/report/workflow.rst"

@@ -298,7 +298,8 @@ def run(args) -> dict:
         started = time.perf_counter()
         cache = compute_teacher_outputs(teacher, [e["input_ids"] for e in examples], args.top_k, [args.temperature],
                                         batch_size=args.batch, device=args.device,
-                                        widths=sorted({min(student_width, teacher_width), teacher_width}))
+                                        widths=sorted({min(student_width, teacher_width), teacher_width}),
+                                        tail_samples=args.tail_samples)
         cache.save(cache_path)
         cache_build_s = time.perf_counter() - started
 
@@ -373,7 +374,7 @@ def run(args) -> dict:
                   "student_matmul_params": n_student, "teacher_matmul_params": n_teacher,
                   "student_vocab": student_width, "teacher_vocab": teacher_width, "batch": args.batch,
                   "seq": args.seq, "tokens_per_step": tokens, "finetune": args.finetune, "dtype": args.dtype,
-                  "device": args.device, "threads": args.threads, "top_k": args.top_k,
+                  "device": args.device, "threads": args.threads, "top_k": args.top_k, "tail_samples": args.tail_samples,
                   "temperature": args.temperature, "method": "fkl", "grad_accum_scaling": configs["sft"].grad_accum,
                   "reps": args.reps, "warmup": args.warmup, "cache_build_s": cache_build_s,
                   "flops_formula": "student (4 N LoRA | 6 N full) + 12 L d T, teacher 2 N + 4 L d T, per token; "
@@ -404,6 +405,7 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="weights and compute precision")
     parser.add_argument("--finetune", default="lora", choices=["lora", "full"])
     parser.add_argument("--top-k", type=int, default=64, help="teacher-cache k (default 64, the grid's)")
+    parser.add_argument("--tail-samples", type=int, default=64, help="teacher-cache tail samples (default 64, the grid's)")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the device's peak FLOP/s in TFLOP/s for the MFU (default: known GPUs at bf16)")

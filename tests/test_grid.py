@@ -182,6 +182,12 @@ def test_distill_flags_carry_the_method_settings_it_reads(paper, paper_config):
     cells = paper.cells_by_id
     fkl = paper.distill_args(cells["math/Qwen2.5-3B__Qwen2.5-0.5B/fkl/t1/sft-teacher/seed42"])
     assert fkl[fkl.index("--teacher-cache") + 1] == "results/math/teacher_outputs/Qwen2.5-3B/sft/t1/topk64.pt"
+    assert fkl[fkl.index("--cache-max-loss-error") + 1] == "0.005"
+    rkl = paper.distill_args(cells["math/Qwen2.5-3B__Qwen2.5-0.5B/rkl/t1/sft-teacher/seed42"])
+    assert rkl[rkl.index("--cache-max-loss-error") + 1] == "0.02"
+    strict = expand_grid(with_changes(paper_config, lambda c: c["teacher_cache"].update(max_loss_error={"rkl": 0.001})))
+    rkl = strict.distill_args(strict.cells_by_id["math/Qwen2.5-3B__Qwen2.5-0.5B/rkl/t1/sft-teacher/seed42"])
+    assert rkl[rkl.index("--cache-max-loss-error") + 1] == "0.001"
     assert "--beta" not in fkl and "--noise-sigma" not in fkl
     gkd = paper.distill_args(cells["math/Qwen2.5-3B__Qwen2.5-0.5B/gkd/t1/sft-teacher/seed42"])
     assert "--teacher-cache" not in gkd  # on-policy (lmbda 0.5): runs the teacher
@@ -286,8 +292,16 @@ def test_teacher_cost_of_the_paper_grid(paper):
     cost = paper.teacher_cost()
     assert cost["without_cache"] == math_cells * math_run + cs_cells * cs_run
     assert cost["cache_passes"] == 6 * 9919 + 6 * 15119
-    assert cost["with_cache"] == online_math * math_run + online_cs * cs_run + cost["cache_passes"]
+    # a cell that may read the cache runs its teacher on its first optimizer step (micro 4 x accumulation 4)
+    checks = 16 * (119 - 25 - 40)
+    assert cost["check_passes"] == checks
+    assert cost["with_cache"] == online_math * math_run + online_cs * cs_run + cost["cache_passes"] + checks
     assert cost["cached_cells"] == 119 - 25 - 40
+    # if every rkl cell fails its check, it runs the teacher for its whole run
+    rkl_math, rkl_cs = 11, 11  # the cached rkl cells per family (main block, temperature 1)
+    assert cost["with_cache_biased_refused"] == cost["with_cache"] + (rkl_math * math_run + rkl_cs * cs_run) - 16 * 22
+    # 64 ids x 6 bytes + row max + 1 + 4 normalisers + 64 samples x 6 bytes
+    assert cost["cache_bytes_per_token"] == 64 * 6 + 4 + 4 * 5 + 64 * 6
 
 
 def test_grid_command_prints_counts_and_costs(capsys):
@@ -299,7 +313,7 @@ def test_grid_command_prints_counts_and_costs(capsys):
         assert row in lines, row
     assert main(["grid", "teacher-cost", "--config", str(ROOT / "config.yaml")]) == 0
     out = capsys.readouterr().out
-    assert "5,050,942" in out and "2,905,279" in out
+    assert "5,050,942" in out and "2,906,143" in out and "792 bytes per token" in out
     assert main(["grid", "cells", "--config", str(ROOT / "config/tiny-ci.yaml")]) == 0
     assert capsys.readouterr().out.split() == ["math/tiny-m__tiny-xs/fkl/t1/sft-teacher/seed1",
                                                "math/tiny-m__tiny-xs/rkl/t1/sft-teacher/seed1",
@@ -314,3 +328,15 @@ def test_importing_the_grid_stays_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
+
+
+def test_summary_and_dry_run_say_which_cells_may_read_the_cache(capsys):
+    from kdgrid.commands.grid import is_dry_run
+
+    assert main(["grid", "summary", "--config", str(ROOT / "config.yaml")]) == 0
+    lines = [" ".join(line.split()) for line in capsys.readouterr().out.splitlines()]
+    assert "fkl 32 cells (temperature 1): if |error| <= 0.50%" in lines
+    assert "rkl 22 cells (temperature 1): if |error| <= 2.00%" in lines
+    assert any(line.startswith("teacher cache (top-64 + 64 tail samples): 54 cells may read it") for line in lines)
+    assert is_dry_run(["-n"]) and is_dry_run(["-np", "--cores", "1"]) and is_dry_run(["--dry-run"])
+    assert not is_dry_run(["--profile", "profiles/tiny", "--cores", "2", "-p"])

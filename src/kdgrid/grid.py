@@ -93,9 +93,13 @@ KD_KEYS_OF_METHOD = {
 }
 DEFAULT_EVALUATION = {"max_new_tokens": 256, "batch_size": 16, "sampling": False, "seed": 1234, "limit": None}
 DEFAULT_COMPARE = {"embedding_model": "none"}
-# Top-k caches are within a stated error only where the teacher is peaked: at temperature 1 (docs/teacher_cache.md
-# measures up to 11% loss error at temperature 2 and 31% at 5 with k = 64); hotter cells run the teacher.
-DEFAULT_TEACHER_CACHE = {"enabled": True, "top_k": 64, "max_temperature": 1.0}
+# The cache: top_k ids per token plus tail_samples ids drawn from the teacher's rest (docs/teacher_cache.md).
+# Cells up to max_temperature may read it; each measures it against its teacher on its first step and
+# reads it only if its loss error is within max_loss_error (per method), else runs the teacher online.
+DEFAULT_TEACHER_CACHE = {"enabled": True, "top_k": 64, "tail_samples": 64, "max_temperature": 1.0,
+                         "max_loss_error": None}
+CACHE_WIDTHS_ESTIMATE = 4  # rest normalisers per token: Qwen2.5's widths 151680-152064 (teacher_cache.default_widths)
+DEFAULT_MAX_LOSS_ERROR = {"fkl": 0.005, "skew_kl": 0.005, "tvd": 0.005, "gkd": 0.005, "rkl": 0.02}
 FAMILY_KEYS = ("tasks", "data", "training", "approx_train_examples", "approx_test_examples")
 DEFAULT_DISK = {"keep_checkpoints": False}  # a training job's checkpoints/ once its model is published
 DEFAULT_DATA = {"source": "llm-adapters", "local": None, "seed": 0, "n_train": None, "n_test": None, "limit_test": None,
@@ -147,6 +151,11 @@ class FamilySpec:
         if t["max_steps"] > 0:
             seen = min(seen, t["max_steps"] * t["micro_batch_size"] * t["grad_accum"])
         return seen
+
+    def check_examples(self) -> int:
+        """Examples of a cell's first optimizer step, where a cell that may read the cache checks it
+        against its online teacher."""
+        return min(self.examples_seen(), self.training["micro_batch_size"] * self.training["grad_accum"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -447,7 +456,12 @@ class Grid:
         return [self.teacher_ref(family, teacher, teacher_kind)]
 
     # -- the jobs ------------------------------------------------------------------------------
+    def cache_tolerance(self, method: str) -> float:
+        """teacher_cache.max_loss_error of a method: the relative first-step loss error it accepts."""
+        return float({**DEFAULT_MAX_LOSS_ERROR, **(self.teacher_cache["max_loss_error"] or {})}[method])
+
     def uses_cache(self, cell: Cell) -> bool:
+        """May the cell read the cache? (It does only if its first-step check passes: `cache_tolerance`.)"""
         if not self.teacher_cache["enabled"] or cell.noise_sigma > 0:
             return False
         if cell.temperature > float(self.teacher_cache["max_temperature"]):
@@ -581,7 +595,8 @@ class Grid:
                 args += ["--noise-sigma", fmt_number(cell.noise_sigma)]
             cache = self.teacher_outputs_of(cell)
             if cache is not None:
-                args += ["--teacher-cache", self.out(cache.path)]
+                args += ["--teacher-cache", self.out(cache.path),
+                         "--cache-max-loss-error", fmt_number(self.cache_tolerance(cell.method))]
         for key in KD_KEYS_OF_METHOD[cell.method]:
             args += [f"--{key.replace('_', '-')}", str(self.kd[key])]
         if cell.method == "gkd" and float(self.kd["beta"]) != 0.5:  # where gkd's loss versions differ
@@ -639,8 +654,9 @@ class Grid:
         """(training, student_b, teacher_b, examples_seen, generated_tokens) of a KD cell; teacher_b is 0
         when it reads the teacher-output cache or trains on the teacher's responses (seqkd)."""
         fam = self.families[cell.family]
-        online_teacher = cell.method != "seqkd" and not self.uses_cache(cell)
-        teacher_b = self.models[cell.teacher].size_b if online_teacher else 0.0
+        # A cell that may read the cache still needs room for its teacher: it measures the cache against it
+        # on the first step and keeps it online if the cache fails the check (decided in the job).
+        teacher_b = self.models[cell.teacher].size_b if cell.method != "seqkd" else 0.0
         generation = self.kd["gkd_max_new_tokens"] * self.kd["lmbda"] if cell.method == "gkd" else 0
         return fam.training, self.models[cell.student].size_b, teacher_b, fam.examples_seen(), generation
 
@@ -708,12 +724,25 @@ class Grid:
                 continue
             seen = self.families[c.family].examples_seen()
             without += seen
-            if not self.uses_cache(c):
-                with_cache += seen
+            # a cell that may read the cache runs its teacher for the first step (the cache check)
+            with_cache += self.families[c.family].check_examples() if self.uses_cache(c) else seen
         cache_passes = sum(self.families[t.family].approx_train_examples for t in self.teacher_outputs)
         with_cache += cache_passes
         generation = sum(self.families[t.family].approx_train_examples for t in self.teacher_responses)
+        from .teacher_cache import UNBIASED_FROM_CACHE, bytes_per_token
+
+        tokens = {f: spec.approx_train_examples * spec.training["cutoff"] for f, spec in self.families.items()}
+        per_token = bytes_per_token(int(self.teacher_cache["top_k"]), int(self.teacher_cache["tail_samples"]), 1,
+                                    CACHE_WIDTHS_ESTIMATE)
         return {"without_cache": without, "with_cache": with_cache, "cache_passes": cache_passes,
+                "cache_bytes_per_token": per_token,
+                "cache_bytes_grid": sum(per_token * tokens[t.family] for t in self.teacher_outputs),
+                # the same if every cell of a method the cache serves only as a biased bucket value (rkl, gkd)
+                # fails its check and runs the teacher online
+                "with_cache_biased_refused": with_cache + sum(
+                    self.families[c.family].examples_seen() - self.families[c.family].check_examples()
+                    for c in self.cells if self.uses_cache(c) and c.method not in UNBIASED_FROM_CACHE),
+                "check_passes": sum(self.families[c.family].check_examples() for c in self.cells if self.uses_cache(c)),
                 "cached_cells": sum(self.uses_cache(c) for c in self.cells),
                 "online_teacher_cells": sum(c.method != "seqkd" and not self.uses_cache(c) for c in self.cells),
                 "seqkd_generation": generation}

@@ -40,7 +40,19 @@ k cached tokens exactly, plus one "rest" bucket with the remaining probability m
 student alike. Collapsing outcomes can only shrink an f-divergence (all the losses above are
 f-divergences), so the sparse value is <= the dense one; for forward KL the gap is exactly
 r_T * KL(p_T restricted to the rest || p_S restricted to the rest), r_T the teacher's rest mass.
-See docs/teacher_cache.md for measured errors.
+
+A SparseTeacher with tail samples (ids drawn from the teacher's distribution over the rest) closes
+that gap for the losses whose tail is an expectation under the teacher: the rest bucket's term is
+replaced by an importance-sampling estimate of the rest's exact contribution, sum over rest v of
+g(p_T(v), p_S(v)) = r_T E_{v ~ p_T | rest}[g(p_T(v), p_S(v)) / p_T(v)], which makes the loss and its
+gradient unbiased (random-sampling KD, Anshumann et al. 2025, applied to the tail only):
+- forward KL: r_T mean(log p_T(v) - log p_S(v));
+- skew KL: r_T mean(log p_T(v) - log(skew p_T(v) + (1 - skew) p_S(v))) (bounded by log(1/skew));
+- TVD, written 0.5 (r_T + r_S) - sum_rest min(p_T, p_S): 0.5 (r_T + r_S) - r_T mean(min(1, p_S(v) / p_T(v)))
+  (a bounded estimator, where the plain |1 - p_S/p_T| one is not).
+Reverse KL and GKD weigh the rest by the student (p_S/p_T is unbounded where the teacher has almost
+no mass), so no low-variance estimator from the teacher's samples exists: they keep the bucket value,
+and the cache's measured error decides whether a cell may use it (docs/teacher_cache.md).
 """
 
 from __future__ import annotations
@@ -121,6 +133,39 @@ def _generalized_jsd_terms(beta: float) -> Callable:
     return terms
 
 
+# --- the rest of a SparseTeacher from its tail samples: per row, the estimate of the rest's exact
+# contribution, from the full-row log-probabilities at the sampled ids (teacher lp, student lq, [n, S]),
+# `mean` (the average over each row's usable samples) and the rest buckets' log masses [n] ----------
+
+def _forward_kl_tail(lp, lq, mean, log_rest_t, log_rest_s):
+    return log_rest_t.exp() * mean(lp - lq)
+
+
+def _skew_kl_tail(skew: float) -> Callable:
+    def tail(lp, lq, mean, log_rest_t, log_rest_s):
+        return log_rest_t.exp() * mean(lp - _log_mixture(lp, lq, skew, False))
+
+    return tail
+
+
+def _tvd_tail(lp, lq, mean, log_rest_t, log_rest_s):
+    rest_t, rest_s = log_rest_t.exp(), log_rest_s.exp()
+    return 0.5 * (rest_t + rest_s) - rest_t * mean((lq - lp).clamp(max=0.0).exp())
+
+
+def _tail_correction(tail, terms, log_q, log_p, lq, lp, usable, zeros):
+    """Per row: the tail estimate minus the rest bucket's own term, 0 for a row without a usable sample.
+    log_q, log_p [n, k+1]: bucket log-probabilities, rest last; lq, lp [n, S]: at the sampled ids."""
+    count = usable.sum(1)
+    weight = usable.to(lq.dtype) / count.clamp(min=1)[:, None]
+
+    def mean(x):
+        return (x * weight).sum(1)
+
+    estimate = tail(lp, lq, mean, log_p[:, -1], log_q[:, -1])
+    return torch.where(count > 0, estimate - terms(log_q[:, -1:], log_p[:, -1:], zeros), 0.0)
+
+
 # --- one chunk of rows: its weighted loss and the gradient w.r.t. the student's rows ------------
 
 def _dense_chunk(student, teacher, weights, terms, temperature, need_grad, zeros):
@@ -136,7 +181,8 @@ def _dense_chunk(student, teacher, weights, terms, temperature, need_grad, zeros
     return loss.detach(), grad
 
 
-def _sparse_chunk(buffer, student_rows, chunk, topk_logits, topk_ids, rest_lse, weights, terms, temperature, need_grad):
+def _sparse_chunk(buffer, student_rows, chunk, topk_logits, topk_ids, rest_lse, weights, terms, temperature, need_grad,
+                  tail=None, tail_logits=None, tail_ids=None):
     """The (k+1)-bucket divergence of the student's rows `chunk` (n of them, `width` wide): the
     teacher's top-k tokens, then the rest. Returns (loss, gradient w.r.t. the rows, a view into `buffer`, or None).
 
@@ -149,6 +195,10 @@ def _sparse_chunk(buffer, student_rows, chunk, topk_logits, topk_ids, rest_lse, 
     rest = logsumexp of s over the other ids) and G = dloss/d(bucket logits), the chain rule gives
     dloss/ds_j = G_b for the top id j of bucket b, and G_rest * softmax over the rest of s, at j, for
     any other j.
+
+    With tail samples (`tail` the method's estimator, `tail_logits`/`tail_ids` [n, S]) the rest bucket's
+    term is replaced by the estimate (`_tail_correction`); the student's logits at the sampled ids go
+    through autograd too and their gradient is added at those ids.
     """
     n, width = chunk.numel(), student_rows.shape[1]
     work = buffer[: n * width].view(n, width)
@@ -163,6 +213,11 @@ def _sparse_chunk(buffer, student_rows, chunk, topk_logits, topk_ids, rest_lse, 
     has_rest = valid.sum(1) < width
     row_starts = torch.arange(0, n * width, width, device=buffer.device)
     flat_ids = torch.where(valid, row_starts[:, None] + topk_ids, trash).reshape(-1)
+    sampled = tail is not None and tail_ids is not None and tail_ids.shape[1] > 0
+    if sampled:
+        usable = (tail_ids >= 0) & (tail_ids < width)
+        flat_tail = torch.where(usable, row_starts[:, None] + tail_ids, trash).reshape(-1)
+        student_tail = buffer[flat_tail].view(n, -1)
 
     student_top = buffer[flat_ids].view(n, -1).masked_fill(~valid, -math.inf)
     buffer.index_fill_(0, flat_ids, -math.inf)
@@ -183,14 +238,27 @@ def _sparse_chunk(buffer, student_rows, chunk, topk_logits, topk_ids, rest_lse, 
         torch.isfinite(student_buckets).all() & torch.isfinite(log_p).all())
     with torch.enable_grad():
         student_buckets.requires_grad_(need_grad)
-        loss = (terms(torch.log_softmax(student_buckets, 1), log_p, zeros) * weights).sum()
+        log_q = torch.log_softmax(student_buckets, 1)
+        per_row = terms(log_q, log_p, zeros)
+        if sampled:
+            student_tail.requires_grad_(need_grad)
+            teacher_lse = torch.logsumexp(torch.cat([teacher_top, teacher_rest[:, None]], 1), 1)
+            lp = (tail_logits / temperature - teacher_lse[:, None]).masked_fill(~usable, 0.0)
+            lq = (student_tail - torch.logsumexp(student_buckets, 1)[:, None]).masked_fill(~usable, 0.0)
+            per_row = per_row + _tail_correction(tail, terms, log_q, log_p, lq, lp, usable, zeros)
+        loss = (per_row * weights).sum()
     if not need_grad:
         return loss.detach(), None
-    (bucket_grad,) = torch.autograd.grad(loss, student_buckets)
+    if sampled:
+        bucket_grad, tail_grad = torch.autograd.grad(loss, (student_buckets, student_tail))
+    else:
+        (bucket_grad,) = torch.autograd.grad(loss, student_buckets)
     bucket_grad = bucket_grad / temperature  # s = logits / temperature
     rest_factor = bucket_grad[:, -1].masked_fill(no_rest, 0.0)
     torch.mul(rest_probs, rest_factor[:, None], out=work)
     buffer.index_copy_(0, flat_ids, bucket_grad[:, :-1].reshape(-1))
+    if sampled:  # a sampled id is a rest id: its direct term adds to the rest's softmax share (ids may repeat)
+        buffer.index_add_(0, flat_tail, (tail_grad / temperature).reshape(-1))
     return loss.detach(), work
 
 
@@ -199,7 +267,7 @@ def _sparse_chunk(buffer, student_rows, chunk, topk_logits, topk_ids, rest_lse, 
 class _ChunkedDivergence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, student_logits, teacher, rows, other_rows, row_weights, terms, temperature, width,
-                need_grad, zeros):
+                need_grad, zeros, tail):
         vocab = student_logits.shape[-1]
         student_rows = student_logits.reshape(-1, vocab)[:, :width]
         # float32 at least (float64 stays float64, for gradcheck)
@@ -210,6 +278,9 @@ class _ChunkedDivergence(torch.autograd.Function):
             k = teacher.k
             teacher_rows = (teacher.topk_logits.reshape(-1, k), teacher.topk_ids.reshape(-1, k),
                             teacher.rest_lse.reshape(-1))
+            samples = teacher.tail_samples if tail is not None else 0
+            if samples:
+                teacher_rows += (teacher.tail_logits.reshape(-1, samples), teacher.tail_ids.reshape(-1, samples))
         else:
             teacher_rows = teacher.reshape(-1, teacher.shape[-1])[:, :width]
         grad_rows = None
@@ -228,10 +299,11 @@ class _ChunkedDivergence(torch.autograd.Function):
             chunk = rows[start:start + step]
             weights = row_weights[start:start + step].to(compute_dtype)
             if sparse:
-                topk_logits, topk_ids, rest_lse = (t[chunk] for t in teacher_rows)
+                topk_logits, topk_ids, rest_lse, *tail_rows = (t[chunk] for t in teacher_rows)
+                tail_args = (tail, tail_rows[0].to(compute_dtype), tail_rows[1].long()) if tail_rows else ()
                 chunk_loss, chunk_grad = _sparse_chunk(
                     buffer, student_rows, chunk, topk_logits.to(compute_dtype), topk_ids.long(),
-                    rest_lse.to(compute_dtype), weights, terms, temperature, need_grad)
+                    rest_lse.to(compute_dtype), weights, terms, temperature, need_grad, *tail_args)
             else:
                 chunk_loss, chunk_grad = _dense_chunk(
                     student_rows[chunk].to(compute_dtype), teacher_rows[chunk].to(compute_dtype), weights,
@@ -251,7 +323,7 @@ class _ChunkedDivergence(torch.autograd.Function):
         # can take the tensor itself. Through .data, which leaves the version counter alone, it stays
         # unpackable for a repeated backward (retain_graph, gradcheck), which undoes the scale.
         (grad,) = ctx.saved_tensors
-        nones = (None,) * 9
+        nones = (None,) * 10
         scale = float(grad_output)
         if ctx.applied_scale is not None:
             return grad * (scale / ctx.applied_scale), *nones
@@ -313,7 +385,7 @@ def _token_weights(mask: torch.Tensor, per_sequence: bool):
     return rows, other_rows, weights.reshape(-1)[rows].float()
 
 
-def _divergence(terms, student_logits, teacher_logits, mask, temperature, per_sequence):
+def _divergence(terms, student_logits, teacher_logits, mask, temperature, per_sequence, tail=None):
     _check_inputs(student_logits, teacher_logits, mask, temperature)
     teacher_width = teacher_logits.width if isinstance(teacher_logits, SparseTeacher) else teacher_logits.shape[-1]
     width = min(student_logits.shape[-1], teacher_width)
@@ -333,7 +405,7 @@ def _divergence(terms, student_logits, teacher_logits, mask, temperature, per_se
                      and bool(torch.isfinite(teacher_logits[..., :width]).all()))
     need_grad = torch.is_grad_enabled() and student_logits.requires_grad
     return _ChunkedDivergence.apply(student_logits, teacher_logits, rows, other_rows, weights * temperature**2,
-                                    terms, float(temperature), width, need_grad, zeros)
+                                    terms, float(temperature), width, need_grad, zeros, tail)
 
 
 # --- public losses -------------------------------------------------------------------------------
@@ -341,7 +413,8 @@ def _divergence(terms, student_logits, teacher_logits, mask, temperature, per_se
 def forward_kl(student_logits: torch.Tensor, teacher_logits: Teacher, mask: torch.Tensor,
                temperature: float = 1.0) -> torch.Tensor:
     """Forward KL(p_T || p_S), per-sequence token mean, batch mean, times temperature² (paper: SeqKD)."""
-    return _divergence(_forward_kl_terms, student_logits, teacher_logits, mask, temperature, per_sequence=True)
+    return _divergence(_forward_kl_terms, student_logits, teacher_logits, mask, temperature, per_sequence=True,
+                       tail=_forward_kl_tail)
 
 
 def reverse_kl(student_logits: torch.Tensor, teacher_logits: Teacher, mask: torch.Tensor,
@@ -369,13 +442,14 @@ def skew_kl(student_logits: torch.Tensor, teacher_logits: Teacher, mask: torch.T
     if not 0.0 <= skew <= 1.0:
         raise KdgridError(f"skew_kl: skew must be in [0, 1], got {skew}")
     return _divergence(_skew_kl_terms(float(skew)), student_logits, teacher_logits, mask, temperature,
-                       per_sequence=True)
+                       per_sequence=True, tail=_skew_kl_tail(float(skew)))
 
 
 def tvd(student_logits: torch.Tensor, teacher_logits: Teacher, mask: torch.Tensor,
         temperature: float = 1.0) -> torch.Tensor:
     """Total variation distance 0.5 sum_v |p_T - p_S|, per-sequence averaging."""
-    return _divergence(_tvd_terms, student_logits, teacher_logits, mask, temperature, per_sequence=True)
+    return _divergence(_tvd_terms, student_logits, teacher_logits, mask, temperature, per_sequence=True,
+                       tail=_tvd_tail)
 
 
 LOSSES = {

@@ -7,7 +7,8 @@ conservative; `config.yaml`'s `resources:` section describes the cluster's GPUs.
 Memory of a training job on one GPU, in GB (bf16 weights: 2 bytes per parameter):
 - the trained model: 2 bytes x parameters with LoRA (frozen weights, tiny adapters), 16 with full
   fine-tuning (weights, gradients and Adam states in mixed precision);
-- an online teacher (a distillation cell that does not read the teacher-output cache): 2 bytes x its
+- a teacher (every distillation cell but seqkd: one that may read the teacher-output cache runs its
+  teacher on its first step to check the cache, and for the whole run if the check fails): 2 bytes x its
   parameters;
 - activations: a constant plus a share per billion parameters, for micro_batch_size x cutoff tokens.
 ZeRO-3 shards the first two over the job's GPUs, not the activations. A job gets the smallest power
@@ -181,7 +182,7 @@ def _gpus_for(res: dict, sharded_gb: float, unsharded_gb: float, what: str) -> i
 def plan_training(res: dict, training: dict, student_b: float, teacher_b: float, examples_seen: int,
                   generated_tokens: float = 0) -> JobResources:
     """An SFT run (teacher_b = 0) or a distillation cell with an online teacher of teacher_b billion
-    parameters (0 when it reads the teacher-output cache); generated_tokens: on-policy tokens the
+    parameters (0 for seqkd); generated_tokens: on-policy tokens the
     student samples per example (GKD)."""
     _check(res)
     if res["accelerator"] == "cpu":

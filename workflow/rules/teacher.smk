@@ -10,13 +10,15 @@ rule teacher_outputs:
         data=lambda w: train_data(teacher_outputs_job(w).family),
         teacher=lambda w: GRID.teacher_files(w.family, w.teacher, w.teacher_kind),
     output:
-        out(TEACHER_OUTPUTS_FILE),
+        cache=out(TEACHER_OUTPUTS_FILE),
+        fidelity=out(TEACHER_OUTPUTS_FILE.removesuffix(".pt") + ".fidelity.json"),
     params:
         teacher=lambda w: GRID.teacher_ref(w.family, w.teacher, w.teacher_kind),
         teacher_revision=lambda w: GRID.teacher_revision_param(w.teacher, w.teacher_kind),
         cutoff=lambda w: GRID.families[w.family].training["cutoff"],
         token_scope=lambda w: GRID.families[w.family].training["token_scope"],
         precision=lambda w: GRID.families[w.family].training["precision"],
+        tail_samples=GRID.teacher_cache["tail_samples"],
     log:
         log_of("teacher_outputs", TEACHER_OUTPUTS_FILE),
     benchmark:
@@ -29,8 +31,8 @@ rule teacher_outputs:
     shell:
         "kdgrid teacher-outputs --teacher {params.teacher} --data {input.data} --top-k {wildcards.top_k}"
         " --temperatures {wildcards.temperature} --cutoff {params.cutoff} --token-scope {params.token_scope}"
-        " --precision {params.precision}"
-        " --out {output} > {log} 2>&1"
+        " --precision {params.precision} --tail-samples {params.tail_samples}"
+        " --out {output.cache} --fidelity-out {output.fidelity} > {log} 2>&1"
 
 
 rule teacher_responses:

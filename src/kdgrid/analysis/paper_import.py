@@ -154,6 +154,9 @@ def import_paper(directory):
     for column in ("embedding_similarity", "sft_embedding_similarity", *SPLIT_COLUMNS):  # not published
         table[column] = None
     table["data_verified"] = None  # published numbers: kdgrid checked no data of theirs
+    for column in ("model_revision", "teacher_revision", "teacher_signal", "cache_decision_reason",
+                   "cache_loss_error"):  # what kdgrid records of its own runs; the paper published none
+        table[column] = None
 
     sizes = {name: size_from_name(name) for name in set(table["model"]) | set(table["teacher"].dropna())}
     table["student_size_b"] = table["model"].map(sizes)

@@ -18,6 +18,10 @@ Columns (TABLE_COLUMNS):
   the pinned commit's git blob ids; false: declared unverified; empty: synthetic data).
 - model_revision, teacher_revision: the hub commits `model` and (KD rows) its teacher were fetched at
   (`kdgrid.hub`; empty for tiny and `path:` models), from the evaluation's meta.
+- teacher_signal (cache|online), cache_decision_reason, cache_loss_error (KD rows, CACHE_COLUMNS): what the
+  cell trained on and why, from the `teacher_signal` event of its train_log.jsonl (beside its eval/
+  folder): a cell that may read the teacher-output cache measures it on its first step and reads it
+  only within its tolerance (docs/teacher_cache.md). Empty where the cell has no such log or event.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ TABLE_COLUMNS = [
     "student_size_b", "teacher_size_b", "data_verified", "model_revision", "teacher_revision",
 ]
 REVISION_COLUMNS = ("model_revision", "teacher_revision")
+CACHE_COLUMNS = ["teacher_signal", "cache_decision_reason", "cache_loss_error"]
+TABLE_COLUMNS += CACHE_COLUMNS
 
 
 def warn(message: str) -> None:
@@ -147,7 +153,22 @@ def _checkpoint(path: Path, obj) -> dict:
         "sft_compare": {},
         "model_revision": meta.get("model_revision"),
         "teacher_revision": meta.get("teacher_revision") if role == "kd" else None,
+        **(_teacher_signal(path) if role == "kd" else {}),
     }
+
+
+def _teacher_signal(scores_path: Path) -> dict:
+    """CACHE_COLUMNS of a KD checkpoint, from the train log of its cell (<cell>/eval/scores.json ->
+    <cell>/train_log.jsonl)."""
+    from ..io import read_jsonl
+
+    log = scores_path.parent.parent / "train_log.jsonl"
+    signals = [r for r in read_jsonl(log) if r.get("event") == "teacher_signal"] if log.is_file() else []
+    if not signals:
+        return {}
+    last = signals[-1]
+    return {"teacher_signal": last.get("teacher_signal"), "cache_decision_reason": last.get("reason"),
+            "cache_loss_error": last.get("loss_error")}
 
 
 def _comparison(path: Path, obj) -> dict:
@@ -271,6 +292,7 @@ def build_table(scores_paths, compare_paths, sizes: dict[str, float], records_pa
         ident["teacher_size_b"] = model_size(ckpt["teacher"], sizes) if ckpt["teacher"] else None
         ident["data_verified"] = ckpt["data_verified"]
         ident.update(model_revision=ckpt["model_revision"], teacher_revision=ckpt["teacher_revision"])
+        ident.update({column: ckpt.get(column) for column in CACHE_COLUMNS})
         per_task = []
         for task in own_tasks:
             row = {**ident, "task": task, "accuracy": ckpt["accuracy"][task], "n_items": ckpt["n_items"].get(task),
@@ -303,7 +325,8 @@ def sort_table(table, family_tasks: dict[str, list[str]] | None = None):
     keys = ["family", "_role", "model", "teacher", "method", "temperature", "noise_sigma", "teacher_kind", "seed", "_task", "task"]
     table = table.sort_values(keys, kind="stable", na_position="first").drop(columns=["_role", "_task"])
     table["seed"] = pd.array(table["seed"], dtype="Int64")
-    for column in ("temperature", "noise_sigma", "accuracy", "n_items", *SPLIT_COLUMNS, *METRICS, *SFT_METRICS, "student_size_b", "teacher_size_b"):
+    for column in ("temperature", "noise_sigma", "accuracy", "n_items", *SPLIT_COLUMNS, *METRICS, *SFT_METRICS, "student_size_b",
+                   "teacher_size_b", "cache_loss_error"):
         table[column] = pd.to_numeric(table[column], errors="coerce").astype("float64")
     table["data_verified"] = _nullable_bool(table["data_verified"])
     return table.reset_index(drop=True)
@@ -346,4 +369,7 @@ def read_table(path):
     for column in REVISION_COLUMNS:  # commits are text; an empty one is None in either format
         if column in table.columns:
             table[column] = table[column].astype(object).where(table[column].notna(), None)
+    for column in ("teacher_signal", "cache_decision_reason"):  # text, possibly empty in every row
+        if column in table.columns:
+            table[column] = table[column].astype("object").where(table[column].notna(), None)
     return table

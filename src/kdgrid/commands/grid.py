@@ -33,6 +33,7 @@ def summary(grid) -> str:
         lines.append(f"  {rule:<17}  {n:>5}")
     lines.append(f"  {'total':<17}  {sum(counts.values()):>5}")
     lines += hub_disk(grid)
+    lines += ["", *cache_conditions(grid)]
     return "\n".join(lines)
 
 
@@ -54,6 +55,31 @@ def hub_disk(grid) -> list[str]:
     return lines
 
 
+def is_dry_run(argv: list[str]) -> bool:
+    """Is this Snakemake command line a dry run (-n, -np, --dry-run)? The Snakefile then prints
+    `cache_conditions` above the job table."""
+    return any(a in ("--dry-run", "--dryrun") or (a[:1] == "-" and a[1:2] != "-" and "n" in a[1:]) for a in argv)
+
+
+def cache_conditions(grid) -> list[str]:
+    """Which cells may read the teacher-output cache, and the condition under which they do."""
+    may: dict[str, list] = {}
+    for cell in grid.cells:
+        if grid.uses_cache(cell):
+            may.setdefault(cell.method, []).append(cell)
+    if not may:
+        return [("teacher cache: no cell reads it (disabled, or no off-policy cell at temperature <= "
+                 f"{grid.teacher_cache['max_temperature']:g})")]
+    lines = [(f"teacher cache (top-{grid.teacher_cache['top_k']} + {grid.teacher_cache['tail_samples']} tail samples): "
+              f"{sum(map(len, may.values()))} cells may read it; each measures it against its teacher on its "
+              "first step and reads it only if its loss error is within the tolerance, else runs the teacher online:")]
+    for method, cells in may.items():
+        temps = ", ".join(sorted({format(c.temperature, "g") for c in cells}, key=float))
+        lines.append(f"  {method:<8} {len(cells):>4} cells (temperature {temps}): if |error| <= "
+                     f"{grid.cache_tolerance(method):.2%}")
+    return lines
+
+
 def teacher_cost(grid) -> str:
     cost = grid.teacher_cost()
     saving = cost["without_cache"] / cost["with_cache"] if cost["with_cache"] else float("inf")
@@ -64,9 +90,17 @@ def teacher_cost(grid) -> str:
         (f"  with the cache     {cost['with_cache']:>12,}   ({cost['cache_passes']:,} in "
          f"{len(grid.teacher_outputs)} cache runs + {cost['online_teacher_cells']} cells that run the teacher)"),
         f"  ratio              {saving:>12.2f}x",
-        (f"  cells reading the cache: {cost['cached_cells']} of {len(grid.cells)} (cache {enabled}, "
+        (f"  if every rkl/gkd cell fails its check (the cache serves them only a biased bucket value): "
+         f"{cost['with_cache_biased_refused']:,} with the cache"),
+        (f"  cells that may read the cache: {cost['cached_cells']} of {len(grid.cells)} (cache {enabled}, "
          f"top_k {grid.teacher_cache['top_k']})"),
         f"  seqkd teacher generations (either way): {cost['seqkd_generation']:,} examples",
+        (f"  of the cached cells' passes, {cost['check_passes']:,} are their first-step checks against the "
+         "online teacher (a cell whose check fails runs the teacher for all its steps)"),
+        (f"  cache size: {cost['cache_bytes_per_token']} bytes per token (top-{grid.teacher_cache['top_k']}, "
+         f"{grid.teacher_cache['tail_samples']} tail samples, one temperature); "
+         f"{len(grid.teacher_outputs)} caches, at most {cost['cache_bytes_grid'] / 2**30:,.1f} GiB for the grid "
+         "(every example at the cutoff)"),
     ])
 
 

@@ -12,7 +12,12 @@ def add_arguments(p) -> None:
     p.add_argument("--data", required=True, help="the training set (LLM-Adapters JSON) the students train on")
     p.add_argument("--top-k", type=int, required=True, help="how many of the largest logits to keep per token")
     p.add_argument("--temperatures", default="1", help="comma-separated temperatures the students use (default 1)")
+    p.add_argument("--tail-samples", type=int, default=64,
+                   help="ids per token drawn from the teacher's distribution outside the top-k (default 64; 0: "
+                        "top-k only, biased for every loss)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the tail sampling (default 0)")
     p.add_argument("--out", required=True, help="the cache file to write (.pt)")
+    p.add_argument("--fidelity-out", help="also write the cache's fidelity figures here (JSON; default: none)")
     p.add_argument("--cutoff", type=int, default=256, help="tokens per example, as in training (default 256)")
     p.add_argument("--batch-size", type=int, default=8, help="examples per teacher forward pass (default 8)")
     p.add_argument("--token-scope", default="all", choices=["all", "response"],
@@ -52,6 +57,8 @@ def run(args) -> int:
     temperatures = _parse_list(args.temperatures, float, "temperatures")
     if args.top_k < 1:
         raise KdgridError(f"--top-k must be at least 1, got {args.top_k}")
+    if args.tail_samples < 0:
+        raise KdgridError(f"--tail-samples must be >= 0, got {args.tail_samples}")
     if args.batch_size < 1:
         raise KdgridError(f"--batch-size must be at least 1, got {args.batch_size}")
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
@@ -70,13 +77,24 @@ def run(args) -> int:
 
     started = time.perf_counter()
     cache = compute_teacher_outputs(model, [e["input_ids"] for e in examples], args.top_k, temperatures,
-                                    args.batch_size, device, widths=widths, pad_token_id=tokenizer.pad_token_id)
+                                    args.batch_size, device, widths=widths, pad_token_id=tokenizer.pad_token_id,
+                                    tail_samples=args.tail_samples, seed=args.seed)
     cache.meta.update(
         teacher=str(args.teacher), tokenizer_fingerprint=tokenizer_fingerprint(tokenizer), data=str(args.data),
         cutoff=args.cutoff, token_scope=args.token_scope, precision=precision,
     )
     cache.save(args.out)
-    print(f"teacher-outputs: {len(cache)} examples, {cache.meta['n_tokens']} tokens, top-{args.top_k} at "
-          f"temperatures {temperatures}, widths {cache.widths}, in {time.perf_counter() - started:.1f} s -> {args.out}")
+    print(f"teacher-outputs: {len(cache)} examples, {cache.meta['n_tokens']} tokens, top-{args.top_k} + "
+          f"{args.tail_samples} tail samples at temperatures {temperatures}, widths {cache.widths}, "
+          f"{cache.meta['bytes_per_token']} bytes per token, in {time.perf_counter() - started:.1f} s -> {args.out}")
+    for t, figures in cache.meta["fidelity"].items():
+        print(f"teacher-outputs: at temperature {t} the teacher's mass outside its top-{args.top_k}: "
+              + ", ".join(f"{key.removeprefix('teacher_rest_mass_')} {value:.4g}" for key, value in figures.items()))
+    if args.fidelity_out:
+        from ..io import write_json
+
+        write_json(args.fidelity_out, {"cache": str(args.out), "k": args.top_k, "tail_samples": args.tail_samples,
+                                       "bytes_per_token": cache.meta["bytes_per_token"],
+                                       "n_tokens": cache.meta["n_tokens"], "fidelity": cache.meta["fidelity"]})
     print(f"kdgrid teacher-outputs: {cost_line(job_started, args.out)}")
     return 0

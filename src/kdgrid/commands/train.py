@@ -15,6 +15,10 @@ def add_arguments(p) -> None:
     p.add_argument("--teacher", help="teacher model (distill): a local HF folder or a hub id")
     p.add_argument("--teacher-cache", help="teacher-output cache (kdgrid teacher-outputs); used by off-policy "
                    "methods without noise instead of running the teacher")
+    p.add_argument("--cache-max-loss-error", type=float,
+                   help="with --teacher-cache and --teacher: the largest relative error of the first step's loss "
+                        "(cache vs teacher) for which the cell reads the cache; above it the teacher runs online "
+                        "(default per method: fkl, skew_kl, tvd, gkd 0.005, rkl 0.02)")
     p.add_argument("--method", choices=METHODS, help="KD loss (distill): fkl (the paper's SeqKD), rkl, gkd, "
                    "skew_kl, tvd, or seqkd (Kim & Rush: cross-entropy on the teacher's responses)")
     p.add_argument("--temperature", type=float, default=1.0)

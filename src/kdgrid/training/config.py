@@ -30,6 +30,7 @@ class TrainConfig:
     out: str
     teacher: str | None = None
     teacher_cache: str | None = None
+    cache_max_loss_error: float | None = None
     method: str | None = None
     temperature: float = 1.0
     noise_sigma: float = 0.0
@@ -95,6 +96,21 @@ class TrainConfig:
         return self.uses_teacher and off_policy and self.noise_sigma == 0
 
     @property
+    def checks_cache(self) -> bool:
+        """Does this cell measure the cache against its online teacher before trusting it? (Whenever it
+        has both; a cache given without --teacher is used unchecked, and the log says so.)"""
+        return self.teacher_source == "cache" and bool(self.teacher)
+
+    @property
+    def cache_tolerance(self) -> float:
+        """The largest relative first-step loss error of the cache this cell accepts."""
+        from ..teacher_cache import DEFAULT_MAX_LOSS_ERROR
+
+        if self.cache_max_loss_error is not None:
+            return float(self.cache_max_loss_error)
+        return DEFAULT_MAX_LOSS_ERROR[self.method]
+
+    @property
     def teacher_source(self) -> str:
         """'cache' (read the teacher-output cache), 'model' (run the teacher online) or 'none'."""
         if not self.uses_teacher:
@@ -144,6 +160,9 @@ class TrainConfig:
             value = getattr(self, key)
             if not 0.0 <= value <= 1.0:
                 raise bad(key, value, "must be in [0, 1]")
+        if self.cache_max_loss_error is not None and not (math.isfinite(self.cache_max_loss_error)
+                                                          and self.cache_max_loss_error >= 0):
+            raise bad("cache_max_loss_error", self.cache_max_loss_error, "must be >= 0 (a relative loss error)")
         if not (math.isfinite(self.noise_sigma) and self.noise_sigma >= 0):
             raise bad("noise_sigma", self.noise_sigma, "must be >= 0")
         if not 0.0 <= self.lora_dropout < 1.0:

@@ -185,7 +185,15 @@ def _train_in_this_process(cfg: TrainConfig, received) -> None:
     student = model_io.load_student(cfg, precision)
     student_width = student.config.vocab_size
     teacher_cache = open_teacher_cache(cfg, examples, tokenizer, student_width) if source == "cache" else None
-    teacher = model_io.load_teacher(cfg.teacher, precision) if source == "model" else None
+    # a cache with its teacher at hand is measured against it on the first step (KDTrainer's CacheCheck)
+    teacher = model_io.load_teacher(cfg.teacher, precision) if source == "model" or cfg.checks_cache else None
+    decided = previous_teacher_signal(progress_log) if resume is not None else None
+
+    def record_signal(row: dict) -> None:
+        if is_main:
+            with open(progress_log, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+            print(f"kdgrid train [{cfg.cell_name}]: teacher signal: {row['teacher_signal']} ({row['reason']})", flush=True)
 
     trainer = KDTrainer(
         model=student,
@@ -200,10 +208,17 @@ def _train_in_this_process(cfg: TrainConfig, received) -> None:
         student_width=student_width,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
+        teacher_signal=decided,
+        on_teacher_signal=record_signal,
     )
 
     teacher_line = {"none": "no teacher (cross-entropy)", "model": f"teacher model {cfg.teacher} run online",
                     "cache": f"teacher-output cache {cfg.teacher_cache}"}[source]
+    if cfg.checks_cache:
+        teacher_line += (f", checked against teacher model {cfg.teacher} on the first step (tolerance "
+                         f"{cfg.cache_tolerance:.3%} for {cfg.method})")
+    elif source == "cache":
+        teacher_line += " (unchecked: no --teacher to measure it against)"
     if is_main:
         print(f"kdgrid train [{cfg.cell_name}]: {cfg.mode} {cfg.method or ''} | teacher source: {teacher_line} | "
               f"{why} | {len(examples)} examples ({'tokenised-data cache hit' if from_cache else 'tokenised'}), "
@@ -223,9 +238,19 @@ def _train_in_this_process(cfg: TrainConfig, received) -> None:
             rows = [r for r in read_jsonl(progress_log) if r.get("step", 0) <= step] if progress_log.is_file() \
                 else [header]
             write_jsonl(progress_log, rows + [{"event": "resume", "from_step": step, "checkpoint": resume.name}])
+        if resume is None and source == "model":
+            record_signal({"event": "teacher_signal", "teacher_signal": "online",
+                           "reason": "no teacher-output cache for this cell" if not cfg.teacher_cache else
+                           "the cache cannot stand in for the teacher (on-policy GKD or teacher noise)"})
+        elif resume is None and source == "cache" and not cfg.checks_cache:
+            record_signal({"event": "teacher_signal", "teacher_signal": "cache",
+                           "reason": "unchecked: no --teacher to measure the cache against"})
 
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     stop_on_signal.check(cfg.cell_name, trainer.state)
+    if trainer.cache_check is not None:  # a run shorter than one optimizer step: decide on what it saw
+        trainer.teacher_signal = trainer.cache_check.decide(trainer._all_reduce)
+        record_signal(trainer.teacher_signal)
     _export(trainer, cfg, tokenizer, model_dir, precision, is_main)
     if is_main:
         from ..usage import folder_bytes, peak_rss_mb
@@ -235,6 +260,7 @@ def _train_in_this_process(cfg: TrainConfig, received) -> None:
         steps = [r for r in rows if "step" in r]
         losses = [r["loss"] for r in steps]
         done = {"event": "done", "steps": trainer.state.global_step, "mean_loss": sum(losses) / max(len(losses), 1),
+                "teacher_signal": (trainer.teacher_signal or {}).get("teacher_signal"),
                 "last_session_wall_s": round(time.time() - started, 2),
                 "tokens": sum(r.get("tokens") or 0 for r in steps),
                 "peak_memory_mb": max((r.get("memory_mb") or 0 for r in steps), default=0),
@@ -260,6 +286,19 @@ def revisions_of_cell(cfg: TrainConfig) -> dict:
     teacher = cfg.teacher if cfg.teacher and cfg.uses_teacher else None
     return {"model_revision": revisions_of(cfg.model)["model_revision"],
             "teacher_revision": revisions_of(teacher)["model_revision"] if teacher else None}
+
+
+def previous_teacher_signal(progress_log: Path) -> dict | None:
+    """The cache decision a resumed run took before it was stopped (kept for the rest of the run)."""
+    if not progress_log.is_file():
+        return None
+    signals = [r for r in read_jsonl(progress_log) if r.get("event") == "teacher_signal"]
+    return signals[-1] if signals else None
+
+
+def teacher_signal_of(train_log: Path) -> dict | None:
+    """The teacher signal a finished cell trained on (its train_log.jsonl): cache|online and why."""
+    return previous_teacher_signal(Path(train_log))
 
 
 def open_teacher_cache(cfg: TrainConfig, examples: list[dict], tokenizer, student_width: int):

@@ -9,6 +9,7 @@ Everything else (optimizer, schedule, accumulation, DeepSpeed, checkpoints) is t
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 import resource
 import time
@@ -29,13 +30,49 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return total / targets.ne(-100).sum().clamp(min=1)
 
 
+class CacheCheck:
+    """The cache measured against the online teacher on the first optimizer step of a cell (the student
+    at its initialisation), then the decision: read the cache for the rest of the run, or keep the
+    teacher online. During the check the step trains on the online teacher's signal."""
+
+    def __init__(self, method: str, temperature: float, tolerance: float, micro_batches: int):
+        self.method, self.temperature, self.tolerance = method, temperature, tolerance
+        self.micro_batches = micro_batches
+        self.sums = torch.zeros(5, dtype=torch.float64)  # online, cached, rest-mass sum, tokens, micro-batches
+
+    def add(self, online: torch.Tensor, cached: torch.Tensor, rest_mass: torch.Tensor) -> bool:
+        """Add one micro-batch; True once the check has seen its micro-batches (on this process)."""
+        self.sums += torch.tensor([float(online), float(cached), float(rest_mass.sum()), rest_mass.numel(), 1.0],
+                                  dtype=torch.float64)
+        return int(self.sums[4]) >= self.micro_batches
+
+    def decide(self, all_reduce=None) -> dict:
+        sums = self.sums.clone()
+        if all_reduce is not None:
+            sums = all_reduce(sums)
+        online, cached, rest, tokens, micro = (float(x) for x in sums)
+        error = (cached - online) / abs(online) if online != 0 else (0.0 if cached == 0 else math.inf)
+        use_cache = abs(error) <= self.tolerance
+        verdict = "within" if use_cache else "above"
+        return {
+            "event": "teacher_signal", "teacher_signal": "cache" if use_cache else "online",
+            "reason": (f"{self.method} at temperature {self.temperature:g}: the cache's first-step loss "
+                       f"{cached:.6g} vs the online teacher's {online:.6g} (relative error {error:+.3%}) is "
+                       f"{verdict} the tolerance {self.tolerance:.3%}"),
+            "method": self.method, "temperature": self.temperature, "online_loss": online / micro,
+            "cached_loss": cached / micro, "loss_error": error, "tolerance": self.tolerance,
+            "teacher_rest_mass_mean": rest / max(tokens, 1), "check_micro_batches": int(micro),
+        }
+
+
 def _seed_of(*parts) -> int:
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") & ((1 << 63) - 1)
 
 
 class KDTrainer(Trainer):
     def __init__(self, *args, cfg: TrainConfig, teacher=None, teacher_cache=None, student_width: int,
-                 pad_token_id: int, eos_token_id: int, **kwargs):
+                 pad_token_id: int, eos_token_id: int, teacher_signal: dict | None = None, on_teacher_signal=None,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         # Our losses are means over one micro-batch; the Trainer divides them by the accumulation steps.
         self.model_accepts_loss_kwargs = False
@@ -45,6 +82,17 @@ class KDTrainer(Trainer):
         self.pad_token_id = pad_token_id
         self.eos_token_id = eos_token_id
         self.teacher = self._prepare_teacher(teacher) if teacher is not None else None
+        # With both a teacher and a cache, the cache is measured on the first optimizer step (CacheCheck)
+        # unless `teacher_signal`, a decision taken before a resume, is given.
+        self.teacher_signal = teacher_signal
+        self.on_teacher_signal = on_teacher_signal
+        self.cache_check = None
+        if teacher is not None and teacher_cache is not None:
+            if teacher_signal is None:
+                self.cache_check = CacheCheck(cfg.method, cfg.temperature, cfg.cache_tolerance,
+                                              self.args.gradient_accumulation_steps)
+            else:
+                self._apply_signal(teacher_signal)
         self._micro = (-1, 0)  # (global step, micro-batch index within it): seeds sampling decisions
         self._tokens_since_log = torch.zeros((), dtype=torch.long, device=self.args.device)
         self._last_log_time = time.perf_counter()
@@ -59,9 +107,41 @@ class KDTrainer(Trainer):
             return zero3_inference_engine(teacher, self.accelerator)
         return teacher.to(self.args.device)
 
+    def _apply_signal(self, signal: dict) -> None:
+        """Keep one teacher signal for the rest of the run and free the other."""
+        if signal["teacher_signal"] == "cache":
+            self.teacher = None
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        else:
+            self.teacher_cache = None
+
+    def _all_reduce(self, sums: torch.Tensor) -> torch.Tensor:
+        if self.args.world_size <= 1:
+            return sums
+        on_device = sums.to(self.args.device)
+        torch.distributed.all_reduce(on_device)
+        return on_device.cpu()
+
+    def _check_cache(self, logits, kd_mask, example_index, online_kd, kwargs) -> None:
+        """One micro-batch of the cache check: the cached loss beside the online one; decide when done."""
+        from ..losses import kd_loss
+
+        with torch.no_grad():
+            sparse = self.teacher_cache.batch(example_index.tolist(), logits.shape[1], self.cfg.temperature,
+                                              logits.device, width=self.student_width)
+            cached = kd_loss(self.cfg.method, logits.detach(), sparse, kd_mask, **kwargs)
+            rest_mass = (sparse.rest_lse - sparse.lse).exp()[kd_mask.bool()]
+        if self.cache_check.add(online_kd.detach(), cached, rest_mass.float().cpu()):
+            self.teacher_signal = self.cache_check.decide(self._all_reduce)
+            self.cache_check = None
+            self._apply_signal(self.teacher_signal)
+            if self.on_teacher_signal is not None:
+                self.on_teacher_signal(self.teacher_signal)
+
     @torch.no_grad()
     def teacher_outputs(self, input_ids, attention_mask, example_index):
-        if self.teacher_cache is not None:
+        if self.teacher_cache is not None and self.cache_check is None:
             return self.teacher_cache.batch(example_index.tolist(), input_ids.shape[1], self.cfg.temperature,
                                             input_ids.device, width=self.student_width)
         logits = self.teacher(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
@@ -164,6 +244,8 @@ class KDTrainer(Trainer):
             elif self.cfg.method == "skew_kl":
                 kwargs["skew"] = self.cfg.skew
             kd = kd_loss(self.cfg.method, logits, teacher, kd_mask, **kwargs)
+            if self.cache_check is not None:
+                self._check_cache(logits, kd_mask, inputs["example_index"], kd, kwargs)
             ce = causal_lm_loss(logits, labels) if self.cfg.kd_weight < 1 else None
             loss = mix_with_ce(ce, kd, self.cfg.kd_weight)
         return (loss, outputs) if return_outputs else loss
