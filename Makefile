@@ -41,4 +41,4 @@ bench: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/run_all.py
 
 clean-demo:
-	rm -rf results-tiny resources-tiny .snakemake
+	rm -rf results-tiny .snakemake

@@ -9,16 +9,20 @@
 
 from snakemake.utils import min_version, validate
 
+from kdgrid.grid import load_config, reject_non_finite
+
 min_version("9.0")
 
 
 # A config given on the command line (--configfile, as profiles/tiny does) replaces config.yaml
 # instead of being merged into it: two grids mixed would make a third one nobody asked for.
 if not workflow.overwrite_configfiles:
+    load_config("config.yaml")  # a YAML syntax error named with its file and line (Snakemake names neither)
 
     configfile: "config.yaml"
 
 
+reject_non_finite(config)  # .nan and .inf named by their key (the schema rejects them too, less clearly)
 validate(config, "workflow/schemas/config.schema.yaml")
 
 

@@ -1,9 +1,11 @@
 # Every decision of the workflow, made by kdgrid.grid: the rules only look jobs up here.
 import os
 import shlex
+import sys
 
 from kdgrid.errors import KdgridError
 from kdgrid.grid import (
+    DATA_DIR,
     KD_DIR,
     METHODS,
     MODEL_NAME_REGEX,
@@ -16,6 +18,7 @@ from kdgrid.grid import (
     TABLE_PARQUET,
     TEACHER_OUTPUTS_FILE,
     TEACHER_RESPONSES_FILE,
+    TINY_MODEL_DIR,
     expand_grid,
 )
 from kdgrid.tiny_models import world_fingerprint
@@ -24,6 +27,10 @@ GRID = expand_grid(config)
 OUT = GRID.outdir
 ENV = "../../envs/kdgrid.yaml"  # relative to the rule files
 TINY_WORLD = world_fingerprint()
+
+if workflow.is_main_process:
+    for note in GRID.notes():  # allowed, but worth a word before anything runs
+        print(f"kdgrid: note: {note}", file=sys.stderr)
 
 if all(model.tiny for model in GRID.models.values()):
     # A grid of tiny models needs no model hub: its jobs (which inherit this environment) never ask it.

@@ -2,7 +2,7 @@
 # them load them by hub id, or from the local mirror folder given as `models.<name>.path`.
 rule materialise_model:
     output:
-        directory("resources/models/{model}"),
+        directory(out(TINY_MODEL_DIR)),
     params:
         world=TINY_WORLD,  # rebuilt when the code defining the tiny world changes
     log:

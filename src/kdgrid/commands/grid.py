@@ -31,6 +31,9 @@ def summary(grid) -> str:
     for rule, n in counts.items():
         lines.append(f"  {rule:<17}  {n:>5}")
     lines.append(f"  {'total':<17}  {sum(counts.values()):>5}")
+    notes = grid.notes()
+    if notes:
+        lines += ["", "notes:", *(f"  {note}" for note in notes)]
     return "\n".join(lines)
 
 
