@@ -11,7 +11,9 @@ Columns (TABLE_COLUMNS):
   checkpoint against the same teacher (from the SFT student's compare.json for that teacher), so a
   KD row carries both sides of the SFT-vs-KD comparison. SFT rows themselves have no teacher.
 - student_size_b (size of `model` for base/sft rows, of the student for KD rows), teacher_size_b,
-  in billions of parameters.
+  in billions of parameters;
+- kdgrid_version, kdgrid_commit, torch_version, transformers_version, peft_version, deepspeed_version,
+  lm_eval_version: the code that evaluated the checkpoint (kdgrid.provenance; empty where unknown).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 
 from ..errors import KdgridError
 from ..io import atomic_path, read_json
+from ..provenance import as_columns, table_columns
 
 AVERAGE = "Average"
 ROLES = ("base", "sft", "kd")
@@ -31,7 +34,7 @@ SFT_METRICS = tuple(f"sft_{m}" for m in METRICS)
 TABLE_COLUMNS = [
     "family", "task", "role", "cell", "model", "teacher", "student", "method", "temperature",
     "noise_sigma", "teacher_kind", "seed", "accuracy", "n_items", *METRICS, *SFT_METRICS,
-    "student_size_b", "teacher_size_b",
+    "student_size_b", "teacher_size_b", *table_columns(),
 ]
 
 
@@ -127,6 +130,7 @@ def _checkpoint(path: Path, obj) -> dict:
     noise = _number(meta.get("noise_sigma"), path, "meta.noise_sigma")
     return {
         "path": str(path), "family": family, "role": role, "cell": meta["cell"], "model": model,
+        "provenance": meta.get("provenance"),
         "teacher": teacher, "student": student, "method": method,
         "temperature": _number(meta.get("temperature"), path, "meta.temperature") if role == "kd" else None,
         "noise_sigma": (noise or 0.0) if role == "kd" else None,
@@ -241,6 +245,7 @@ def build_table(scores_paths, compare_paths, sizes: dict[str, float]):
                                       "temperature", "noise_sigma", "teacher_kind", "seed")}
         ident["student_size_b"] = model_size(ckpt["model"], sizes)
         ident["teacher_size_b"] = model_size(ckpt["teacher"], sizes) if ckpt["teacher"] else None
+        ident.update(as_columns(ckpt["provenance"]))  # which code scored it
         per_task = []
         for task in own_tasks:
             row = {**ident, "task": task, "accuracy": ckpt["accuracy"][task], "n_items": ckpt["n_items"].get(task)}
@@ -295,7 +300,7 @@ def read_table(path):
     if path.suffix == ".parquet":
         table = pd.read_parquet(path)
     elif path.suffix == ".csv":
-        table = pd.read_csv(path)
+        table = pd.read_csv(path, dtype={column: str for column in table_columns()})  # "5.0" is a version
     else:
         raise KdgridError(f"{path}: expected a .csv or .parquet results table")
     if "seed" in table.columns:

@@ -167,8 +167,10 @@ def evaluate(
         records += _records(task, results["samples"][name])
     accuracy["Average"] = sum(accuracy[t] for t in names) / len(names)
 
+    from ..provenance import provenance
+
     scores = {
-        "meta": dict(meta or {}),
+        "meta": {**(meta or {}), "provenance": provenance()},
         "model": model_name,
         "family": family,
         "accuracy": accuracy,

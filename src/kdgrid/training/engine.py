@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..errors import KdgridError
 from ..io import read_jsonl, write_jsonl, write_text
+from ..provenance import provenance
 from .config import TrainConfig
 
 CONFIG_FILE = "kdgrid_train_config.json"
@@ -196,7 +197,7 @@ def _train_in_this_process(cfg: TrainConfig) -> None:
         print(f"kdgrid train [{cfg.cell_name}]: {cfg.mode} {cfg.method or ''} | teacher source: {teacher_line} | "
               f"{why} | {len(examples)} examples ({'tokenised-data cache hit' if from_cache else 'tokenised'}) | "
               f"{args.world_size} process(es), ZeRO stage {cfg.zero_stage}, {precision}", flush=True)
-        header = {"event": "config", "config": cfg.to_dict(), "teacher_source": source, "teacher": teacher_line,
+        header = {"event": "config", "config": cfg.to_dict(), "provenance": provenance(), "teacher_source": source, "teacher": teacher_line,
                   "precision": precision, "world_size": args.world_size,
                   "deepspeed": deepspeed_config(cfg.zero_stage), "examples": len(examples),
                   "tokenized_cache_hit": from_cache}
