@@ -258,5 +258,6 @@ def _export(trainer, cfg: TrainConfig, tokenizer, model_dir: Path, precision: st
         if is_main:
             model_io.export_from_state_dict(state_dict, cfg, tokenizer, model_dir, dtype)
     elif is_main:
-        model_io.export_trained_model(trainer.accelerator.unwrap_model(trainer.model), tokenizer, model_dir, dtype)
+        model_io.export_trained_model(trainer.accelerator.unwrap_model(trainer.model), tokenizer, model_dir, dtype,
+                                      model_io.trained_with(cfg), cfg.cell_name)
     _barrier()
