@@ -10,6 +10,7 @@
 from snakemake.utils import min_version, validate
 
 from kdgrid.grid import load_config, reject_non_finite
+from kdgrid.run_record import forget_run, record_run
 
 min_version("9.0")
 
@@ -38,6 +39,20 @@ include: "workflow/rules/analysis.smk"
 
 
 report: "workflow/report/workflow.rst"
+
+
+# The run's host and pid, so that the next run can remove the locks this one leaves if it is killed
+# (kdgrid.run_record; common.smk removes them only once this process is gone).
+onstart:
+    record_run()
+
+
+onsuccess:
+    forget_run()
+
+
+onerror:
+    forget_run()
 
 
 localrules:

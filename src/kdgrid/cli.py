@@ -43,8 +43,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _log_header(command: str) -> None:
+    """One line at the top of each attempt in a job's log (the rules append to it), so that two runs or
+    retries of one job can be told apart."""
+    import datetime
+    import os
+    import socket
+
+    if sys.stderr.isatty():
+        return
+    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    slurm = f", SLURM job {os.environ['SLURM_JOB_ID']}" if os.environ.get("SLURM_JOB_ID") else ""
+    print(f"==== kdgrid {command}: started {started} on {socket.gethostname()}, pid {os.getpid()}{slurm}",
+          file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _log_header(args.command)
     try:
         code = args._run(args)
     except KdgridError as e:

@@ -21,6 +21,7 @@ from kdgrid.grid import (
     TINY_MODEL_DIR,
     expand_grid,
 )
+from kdgrid.run_record import clear_stale_locks
 from kdgrid.tiny_models import world_fingerprint
 
 GRID = expand_grid(config)
@@ -29,6 +30,9 @@ ENV = "../../envs/kdgrid.yaml"  # relative to the rule files
 TINY_WORLD = world_fingerprint()
 
 if workflow.is_main_process:
+    stale = clear_stale_locks()
+    if stale:
+        print(f"kdgrid: {stale}", file=sys.stderr)
     for note in GRID.notes():  # allowed, but worth a word before anything runs
         print(f"kdgrid: note: {note}", file=sys.stderr)
 
