@@ -30,7 +30,7 @@ while True:
     version += 1
     if kind == "atomic_dir":
         with io.atomic_dir(target) as tmp:
-            for i in range(%(files)d):
+            for i in range(FILES):
                 (tmp / f"f{i:02d}.txt").write_text(str(version) * 200)
     elif kind == "write_json":
         io.write_json(target, {"version": version, "payload": [version] * 2000})
@@ -39,7 +39,7 @@ while True:
     else:
         with io.atomic_path(target) as tmp:
             tmp.write_bytes(str(version).encode() * 50000)
-""" % {"files": FILES}
+""".replace("FILES", str(FILES))
 
 
 def _versions(kind: str, target: Path) -> set:
@@ -121,3 +121,36 @@ def test_litter_of_a_killed_writer_is_removed_by_the_next_write(tmp_path):
         (tmp / "train.json").write_text("[]")
     assert not stale.exists() and live.exists()
     assert (target / "train.json").read_text() == "[]"
+
+
+def test_files_a_library_writes_0600_into_a_folder_are_published_group_readable(tmp_path):
+    """safetensors writes model.safetensors with mode 0600; a published folder follows the umask."""
+    from kdgrid.io import atomic_dir
+
+    old = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "model") as tmp:
+            weights = tmp / "model.safetensors"
+            weights.write_bytes(b"x")
+            os.chmod(weights, 0o600)
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "model" / "model.safetensors").st_mode & 0o777 == 0o644
+
+
+def test_the_locks_of_a_killed_run_are_removed_and_those_of_a_live_run_kept(tmp_path):
+    import json as _json
+    import socket
+
+    from kdgrid.run_record import LOCKS, RUN_FILE, clear_stale_locks, record_run
+
+    (tmp_path / LOCKS).mkdir(parents=True)
+    lock = tmp_path / LOCKS / "0.output.lock"
+    lock.write_text("results/x\n")
+    record_run(tmp_path)  # this process: alive
+    assert clear_stale_locks(tmp_path) is None and lock.exists()
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    (tmp_path / RUN_FILE).write_text(_json.dumps({"host": socket.gethostname(), "pid": proc.pid, "start_time": "1"}))
+    assert "removed the locks" in clear_stale_locks(tmp_path)
+    assert not lock.exists() and not (tmp_path / RUN_FILE).exists()

@@ -768,10 +768,11 @@ def _check_top_k(grid: Grid) -> None:
         for c in grid.cells:
             if (c.family, c.teacher, c.teacher_kind) != (cache.family, cache.teacher, cache.teacher_kind):
                 continue
-            for model in (c.teacher, c.student):
-                if grid.models[model].tiny and model in TINY_SPECS and k > TINY_SPECS[model].vocab_size:
-                    raise KdgridError(f"config key teacher_cache.top_k: {k} is more than the "
-                                      f"{TINY_SPECS[model].vocab_size} logits of {model} (cell {c.id})")
+            tiny = [m for m in (c.student, c.teacher) if grid.models[m].tiny and m in TINY_SPECS]
+            narrowest = min(tiny, key=lambda m: TINY_SPECS[m].vocab_size, default=None)
+            if narrowest and k > TINY_SPECS[narrowest].vocab_size:
+                raise KdgridError(f"config key teacher_cache.top_k: {k} is more than the "
+                                  f"{TINY_SPECS[narrowest].vocab_size} logits of {narrowest} (cell {c.id})")
 
 
 def _resources_section(config: dict) -> dict:

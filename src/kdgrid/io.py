@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .errors import KdgridError
 
 # A temporary sits beside its target as `.<name>.<host>-<pid>.<random>.tmp`, so that a later write of
 # the same target can tell the litter of a killed writer (same host, process gone) from a live one.
@@ -98,11 +99,26 @@ def _make_readable(path: Path) -> None:
                 os.chmod(file, (0o777 if executable else 0o666) & ~mask)
 
 
-def _disk_full_error(target: Path, tmp: Path, error: BaseException):
-    """A KdgridError naming `target` if `error` comes from a full disk, else None. (torch's writer reports
-    a full disk as a RuntimeError such as "unexpected pos"; the free space tells.)"""
+def _unwritable(target: Path, error: OSError):
+    """The error for a folder nothing can be written to (read-only, no permission): an OSError as well,
+    so that callers treating an unwritable cache as a mere miss keep doing so."""
     from .errors import KdgridError
 
+    class UnwritableError(KdgridError, OSError):
+        pass
+
+    return UnwritableError(f"{target}: cannot write here ({error.strerror or error})")
+
+
+class DiskFullError(KdgridError):
+    def __init__(self, message: str, file: str):
+        super().__init__(message)
+        self.file = file  # the file that did not fit
+
+
+def _disk_full_error(target: Path, tmp: Path, error: BaseException):
+    """A DiskFullError naming `target` if `error` comes from a full disk, else None. (torch's writer reports
+    a full disk as a RuntimeError such as "unexpected pos"; the free space tells.)"""
     full = isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
     if not full and isinstance(error, (OSError, RuntimeError)):
         try:
@@ -110,10 +126,13 @@ def _disk_full_error(target: Path, tmp: Path, error: BaseException):
             full = usage.free < min(1 << 20, usage.total // 20)
         except OSError:
             pass
+    if isinstance(error, DiskFullError):  # a file of a folder being written: name the folder
+        return DiskFullError(f"{target}: no space left on the device while writing it ({error.file} in it); "
+                             "nothing was written there: free some space and run the job again", error.file)
     if not full:
         return None
-    return KdgridError(f"{target}: no space left on the device while writing it ({error}); nothing was "
-                       "written there: free some space and run the job again")
+    return DiskFullError(f"{target}: no space left on the device while writing it ({error}); nothing was "
+                         "written there: free some space and run the job again", target.name)
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -164,9 +183,12 @@ def _replace_dir(tmp: Path, target: Path) -> None:
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `target`; rename it onto `target` if the block succeeds."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale_temporaries(target)
-    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(target), suffix=TMP_SUFFIX, dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_temporaries(target)
+        fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(target), suffix=TMP_SUFFIX, dir=target.parent)
+    except OSError as e:
+        raise _unwritable(target, e) from e
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -189,9 +211,12 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary directory next to `target`; put it at `target` if the block succeeds: `target`
     is at every moment absent, the old folder or the new one, never a partial one (see _replace_dir)."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale_temporaries(target)
-    tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(target), suffix=TMP_SUFFIX, dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_temporaries(target)
+        tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(target), suffix=TMP_SUFFIX, dir=target.parent))
+    except OSError as e:
+        raise _unwritable(target, e) from e
     try:
         try:
             yield tmp
@@ -227,9 +252,19 @@ def read_json(path: str | os.PathLike):
     if not path.is_file():
         raise KdgridError(f"{path}: file not found")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(_read_utf8(path))
     except json.JSONDecodeError as e:
         raise KdgridError(f"{path}: not valid JSON ({e})") from e
+
+
+def _read_utf8(path: Path) -> str:
+    from .errors import KdgridError
+
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise KdgridError(f"{path}: not UTF-8 text (byte {e.start}: {e.object[e.start:e.start + 1]!r}); "
+                          "save it as UTF-8") from None
 
 
 def read_jsonl(path: str | os.PathLike) -> list:
@@ -239,7 +274,7 @@ def read_jsonl(path: str | os.PathLike) -> list:
     if not path.is_file():
         raise KdgridError(f"{path}: file not found")
     rows = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for i, line in enumerate(_read_utf8(path).splitlines(), start=1):
         if line.strip():
             try:
                 rows.append(json.loads(line))

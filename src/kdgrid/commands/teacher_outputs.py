@@ -44,8 +44,13 @@ def run(args) -> int:
 
     from ..teacher_cache import compute_teacher_outputs, default_widths
     from ..training.data import load_tokenized, tokenizer_fingerprint
-    from ..training.model_io import (check_finite_weights, load_causal_lm, load_tokenizer, resolve_precision,
-                                     torch_dtype)
+    from ..training.model_io import (
+        check_finite_weights,
+        load_causal_lm,
+        load_tokenizer,
+        resolve_precision,
+        torch_dtype,
+    )
 
     temperatures = _parse_list(args.temperatures, float, "temperatures")
     if args.top_k < 1:

@@ -146,7 +146,7 @@ def check_saved_model(folder: Path, expected: set[str], cell: str) -> None:
     for file in sorted(folder.glob("*.safetensors")):
         try:
             with safe_open(str(file), framework="pt") as f:
-                for name in f.keys():
+                for name in f.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
                     found.add(name)
                     bad = non_finite_tensors([(name, f.get_tensor(name))])
                     if bad:
