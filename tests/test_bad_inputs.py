@@ -394,6 +394,32 @@ def test_a_bad_input_fails_with_a_clear_error_and_publishes_nothing(case, world,
             subprocess.run(["umount", str(folder)], check=False)
 
 
+def test_a_student_larger_than_its_teacher_is_allowed_and_said(capsys):
+    from kdgrid.cli import main
+
+    config = yaml.safe_load(CI_CONFIG.read_text())
+    config["pairs"] = {"tiny-xs": ["tiny-m"]}
+    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"reverse-{os.getpid()}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    try:
+        assert main(["grid", "summary", "--config", str(path)]) == 0
+    finally:
+        path.unlink()
+    assert "pairs.tiny-xs: student tiny-m (0.000820864B) is larger than its teacher tiny-xs" in capsys.readouterr().out
+
+
+def test_grids_with_other_outdirs_never_share_data_or_models():
+    from kdgrid.grid import expand_grid
+
+    config = yaml.safe_load(CI_CONFIG.read_text())
+    ci = expand_grid(config)
+    demo = expand_grid({**config, "outdir": "results-tiny"})
+    assert ci.data_dir("math") == "results/resources/data/math"
+    assert demo.data_dir("math") == "results-tiny/resources/data/math"
+    assert ci.tiny_model_dir("tiny-m") != demo.tiny_model_dir("tiny-m")
+    assert ci.distill_data(ci.cells[0]).startswith("results/resources/data/")
+
+
 def render_doc() -> str:
     lines = ["# Bad inputs and what they get", "",
              "Generated from the table of tests/test_bad_inputs.py (`python tests/test_bad_inputs.py` rewrites it;",
