@@ -154,3 +154,19 @@ def test_the_locks_of_a_killed_run_are_removed_and_those_of_a_live_run_kept(tmp_
     (tmp_path / RUN_FILE).write_text(_json.dumps({"host": socket.gethostname(), "pid": proc.pid, "start_time": "1"}))
     assert "removed the locks" in clear_stale_locks(tmp_path)
     assert not lock.exists() and not (tmp_path / RUN_FILE).exists()
+
+
+def test_each_attempt_of_a_job_keeps_its_own_log(tmp_path):
+    """Snakemake deletes a job's log before running it again: every attempt's log survives that."""
+    log = tmp_path / "logs" / "sft" / "seed1.log"
+    log.parent.mkdir(parents=True)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    for _ in range(2):
+        log.unlink(missing_ok=True)  # what Snakemake does before each attempt
+        with open(log, "w") as f:
+            subprocess.run([sys.executable, "-m", "kdgrid", "grid", "summary", "--config",
+                            str(Path(__file__).parents[1] / "config" / "tiny-ci.yaml")],
+                           stdout=subprocess.DEVNULL, stderr=f, env=env, check=True)
+    attempts = sorted((log.parent / "attempts").glob("seed1.*.log"))
+    assert len(attempts) == 2
+    assert all(a.read_text().startswith("==== kdgrid grid: started ") for a in attempts)

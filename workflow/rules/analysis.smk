@@ -18,7 +18,7 @@ rule aggregate:
         ENV
     shell:
         "kdgrid aggregate --scores {input.scores} --compare {input.compare} --sizes {params.sizes}"
-        " --out-csv {output.csv} --out-parquet {output.parquet} >> {log} 2>&1"
+        " --out-csv {output.csv} --out-parquet {output.parquet} > {log} 2>&1"
 
 
 rule stats:
@@ -34,7 +34,7 @@ rule stats:
     conda:
         ENV
     shell:
-        "kdgrid stats --table {input.table} --out-csv {output.csv} --out-md {output.md} >> {log} 2>&1"
+        "kdgrid stats --table {input.table} --out-csv {output.csv} --out-md {output.md} > {log} 2>&1"
 
 
 # Each figure's caption is written by `kdgrid plots` beside it (it says when a figure had no data in this run).
@@ -61,4 +61,4 @@ rule plots:
     conda:
         ENV
     shell:
-        "kdgrid plots --table {input.table} --out-dir {params.out_dir} >> {log} 2>&1"
+        "kdgrid plots --table {input.table} --out-dir {params.out_dir} > {log} 2>&1"

@@ -23,4 +23,4 @@ rule compare:
         ENV
     shell:
         "kdgrid compare --student {params.student} --teacher {params.teacher} --out {output}"
-        " --embedding-model {params.embedding_model} --meta {params.meta} >> {log} 2>&1"
+        " --embedding-model {params.embedding_model} --meta {params.meta} > {log} 2>&1"

@@ -17,4 +17,4 @@ rule prepare_data:
         ENV
     shell:
         "kdgrid data prepare --family {wildcards.family} {params.args} --out {params.out}"
-        " >> {log} 2>&1"
+        " > {log} 2>&1"

@@ -26,4 +26,4 @@ rule distill:
     shell:
         "kdgrid train --mode distill --model {params.student} --data {input.data} --out {params.out}"
         " {params.distill} {params.training} --cell {params.cell}"
-        " --nproc {resources.nproc} --zero-stage {resources.zero_stage} >> {log} 2>&1"
+        " --nproc {resources.nproc} --zero-stage {resources.zero_stage} > {log} 2>&1"

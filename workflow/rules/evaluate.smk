@@ -25,4 +25,4 @@ rule evaluate:
         ENV
     shell:
         "kdgrid evaluate --model {params.model} --data-dir {params.data_dir} --family {params.family}"
-        " --tasks {params.tasks} --out {params.out} {params.settings} --meta {params.meta} >> {log} 2>&1"
+        " --tasks {params.tasks} --out {params.out} {params.settings} --meta {params.meta} > {log} 2>&1"

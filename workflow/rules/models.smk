@@ -12,4 +12,4 @@ rule materialise_model:
     conda:
         ENV
     shell:
-        "kdgrid models materialise {wildcards.model} --out {output} >> {log} 2>&1"
+        "kdgrid models materialise {wildcards.model} --out {output} > {log} 2>&1"

@@ -23,4 +23,4 @@ rule sft:
     shell:
         "kdgrid train --mode sft --model {params.model} --data {input.data} --out {params.out}"
         " --seed {wildcards.seed} {params.training} --cell {params.cell}"
-        " --nproc {resources.nproc} --zero-stage {resources.zero_stage} >> {log} 2>&1"
+        " --nproc {resources.nproc} --zero-stage {resources.zero_stage} > {log} 2>&1"

@@ -29,7 +29,7 @@ rule teacher_outputs:
         "kdgrid teacher-outputs --teacher {params.teacher} --data {input.data} --top-k {wildcards.top_k}"
         " --temperatures {wildcards.temperature} --cutoff {params.cutoff} --token-scope {params.token_scope}"
         " --precision {params.precision}"
-        " --out {output} >> {log} 2>&1"
+        " --out {output} > {log} 2>&1"
 
 
 rule teacher_responses:
@@ -53,4 +53,4 @@ rule teacher_responses:
         ENV
     shell:
         "kdgrid teacher-responses --teacher {params.teacher} --data {input.data}"
-        " --max-new-tokens {params.max_new_tokens} --precision {params.precision} --out {output} >> {log} 2>&1"
+        " --max-new-tokens {params.max_new_tokens} --precision {params.precision} --out {output} > {log} 2>&1"
