@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.kdgrid-installed
 CORES  ?= 2
 
-.PHONY: install demo test lint bench clean-demo
+.PHONY: install demo test test-faults lint bench clean-demo
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q
+
+# Kills the CI grid's workflow and training processes at seeded points, re-runs, compares with an
+# uninterrupted run (tests/test_faults.py).
+test-faults: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -m faults tests/test_faults.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
