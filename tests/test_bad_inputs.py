@@ -391,7 +391,7 @@ def test_a_bad_input_fails_with_a_clear_error_and_publishes_nothing(case, world,
             assert [p.name for p in (tmp_path / "mnt").iterdir()] == []
     finally:
         for folder in world.mounts:
-            subprocess.run(["umount", str(folder)], check=False)
+            subprocess.run(["umount", "--lazy", str(folder)], check=False)  # torch may still hold a handle
 
 
 def test_a_student_larger_than_its_teacher_is_allowed_and_said(capsys):
