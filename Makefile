@@ -12,7 +12,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.kdgrid-installed
 CORES  ?= 2
 
-.PHONY: install demo test test-slurm real-smoke lint bench clean-demo
+.PHONY: install demo test test-slurm real-smoke test-faults lint bench clean-demo
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ test-slurm: $(STAMP)
 real-smoke: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -m real tests/test_real_smoke.py tests/test_cache_real_checkpoint.py
 
+# Kills the CI grid's workflow and training processes at seeded points, re-runs, compares with an
+# uninterrupted run (tests/test_faults.py).
+test-faults: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -m faults tests/test_faults.py
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --lint --configfile config.yaml -n
@@ -50,4 +55,4 @@ bench: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/run_all.py
 
 clean-demo:
-	rm -rf results-tiny resources-tiny .snakemake
+	rm -rf results-tiny .snakemake

@@ -11,16 +11,21 @@ import sys
 
 from snakemake.utils import min_version, validate
 
+from kdgrid.grid import load_config, reject_non_finite
+from kdgrid.run_record import forget_run, record_run
+
 min_version("9.0")
 
 
 # A config given on the command line (--configfile, as profiles/tiny does) replaces config.yaml
 # instead of being merged into it: two grids mixed would make a third one nobody asked for.
 if not workflow.overwrite_configfiles:
+    load_config("config.yaml")  # a YAML syntax error named with its file and line (Snakemake names neither)
 
     configfile: "config.yaml"
 
 
+reject_non_finite(config)  # .nan and .inf named by their key (the schema rejects them too, less clearly)
 validate(config, "workflow/schemas/config.schema.yaml")
 
 
@@ -45,6 +50,20 @@ if workflow.is_main_process and is_dry_run(sys.argv[1:]):
 
 
 report: "workflow/report/workflow.rst"
+
+
+# The run's host and pid, so that the next run can remove the locks this one leaves if it is killed
+# (kdgrid.run_record; common.smk removes them only once this process is gone).
+onstart:
+    record_run()
+
+
+onsuccess:
+    forget_run()
+
+
+onerror:
+    forget_run()
 
 
 localrules:

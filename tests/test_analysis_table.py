@@ -12,6 +12,8 @@ from kdgrid.errors import KdgridError
 
 TASKS = ["syn_arith", "syn_twostep"]
 SIZES = ["tiny-s=0.01", "tiny-t=0.05"]
+PROVENANCE = {"kdgrid": "0.1.0", "kdgrid_commit": "abc123", "torch": "2.13.0", "transformers": "5.0",
+              "peft": "0.21", "deepspeed": "0.19", "lm_eval": "0.4.13"}
 
 
 def scores(tmp_path, name, meta, accuracy, family="math"):
@@ -19,6 +21,7 @@ def scores(tmp_path, name, meta, accuracy, family="math"):
     path.parent.mkdir(parents=True, exist_ok=True)
     acc = dict(zip(TASKS, accuracy))
     acc["Average"] = 999.0  # the table recomputes the Average from the tasks
+    meta = {"provenance": PROVENANCE, **meta}
     path.write_text(json.dumps({"meta": {"family": family, **meta}, "family": family, "accuracy": acc,
                                 "n": {t: 20 for t in TASKS}}))
     return path
@@ -78,6 +81,9 @@ def test_aggregate_writes_one_tidy_table_as_csv_and_parquet(grid):
     assert kd.loc["Average", "student_size_b"] == 0.01 and kd.loc["Average", "teacher_size_b"] == 0.05
     assert kd.loc["syn_arith", ["method", "teacher_kind", "temperature", "noise_sigma"]].tolist() == ["fkl", "sft", 2.0, 0.0]
     assert kd.loc["syn_arith", "seed"] == 1 and kd.loc["syn_arith", "n_items"] == 20
+    # which code scored each row (kdgrid.provenance)
+    assert kd.loc["Average", ["kdgrid_commit", "torch_version", "lm_eval_version"]].tolist() == \
+        ["abc123", "2.13.0", "0.4.13"]
 
     sft = table[table["role"] == "sft"]
     assert sft["teacher"].isna().all() and sft["agreement"].isna().all()

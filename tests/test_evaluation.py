@@ -76,8 +76,11 @@ def test_tiny_model_end_to_end_writes_consistent_outputs(tiny_eval, data):
     rows = read_jsonl(tiny_eval / "records.jsonl")
     tasks = ["syn_arith", "syn_twostep", "syn_choice"]
     assert scores["family"] == "math"
+    from kdgrid.provenance import provenance
+
     assert scores["meta"] == {"role": "base", "seed": 1, "cell": "math/base/tiny-xs",
-                              "model_revision": None, "teacher_revision": None}  # a tiny model: no hub revision
+                              "model_revision": None, "teacher_revision": None,  # a tiny model: no hub revision
+                              "provenance": provenance()}
     assert scores["n"] == {t: 4 for t in tasks}
     assert list(scores["accuracy"]) == tasks + ["Average"]
     assert scores["settings"]["max_new_tokens"] == 24 and scores["settings"]["sampling"] is False
@@ -160,7 +163,9 @@ def test_student_against_oracle_teacher(tiny_eval, data, tmp_path):
                  "--out", str(tmp_path / "compare.json"), "--meta", "teacher=oracle", "temperature=2"])
     assert code == 0
     result = read_json(tmp_path / "compare.json")
-    assert result["meta"] == {"teacher": "oracle", "temperature": 2}
+    from kdgrid.provenance import provenance
+
+    assert result["meta"] == {"teacher": "oracle", "temperature": 2, "provenance": provenance()}
     student = {(r["task"], r["doc_id"]): r for r in read_jsonl(tiny_eval / "records.jsonl")}
     teacher = {(r["task"], r["doc_id"]): r for r in read_jsonl(teacher_dir / "records.jsonl")}
     for task in ["syn_arith", "syn_twostep", "syn_choice"]:

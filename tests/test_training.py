@@ -425,9 +425,16 @@ def test_nan_loss_stops_with_the_cell_and_step(world, capsys):
     code = kdgrid(["train", "--mode", "distill", "--method", "fkl", "--model", str(world / "tiny-xs"),
                    "--teacher", str(broken), "--data", str(world / "train.json"), "--out", str(world / "nan"),
                    "--max-steps", "3", "--cell", "math/nan-cell", *QUICK])
+    assert code == 2  # a teacher with a NaN weight is refused before training (its own SFT diverged)
+    assert f"teacher {broken} has NaN or infinite weights" in capsys.readouterr().err
+    assert not (world / "nan" / "model").exists()
+    # a diverging run (the weights turn NaN after step 2 at this lr) stops at the first NaN loss
+    code = kdgrid(["train", "--mode", "sft", "--model", str(world / "tiny-xs"), "--data", str(world / "train.json"),
+                   "--out", str(world / "nan"), "--finetune", "full", "--lr", "1e6", "--precision", "fp32",
+                   "--max-steps", "3", "--cell", "math/nan-cell", *QUICK])
     assert code == 2
     err = capsys.readouterr().err
-    assert "cell math/nan-cell" in err and "step 1" in err and "nan" in err
+    assert "cell math/nan-cell" in err and "step 3" in err and "nan" in err
     assert not (world / "nan" / "model").exists()
 
 

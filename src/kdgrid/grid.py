@@ -12,6 +12,7 @@ teacher. A model that is both a teacher and a student gets one SFT run per disti
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -52,6 +53,9 @@ PLOTS_DIR = "plots"
 MODEL_STAMP = "fingerprints/models/{model}.json"
 TEST_SET_STAMP = "fingerprints/test-sets/{family}.json"
 FINGERPRINT_CACHE = "fingerprints/cache.json"
+# The inputs a grid builds itself, under its results folder too (docs/architecture.md).
+DATA_DIR = "resources/data/{family}"
+TINY_MODEL_DIR = "resources/models/{model}"
 
 MODEL_NAME_REGEX = r"[A-Za-z0-9.\-]+(?:_[A-Za-z0-9.\-]+)*"  # no "__": it separates teacher and student
 DEFAULT_MODELS_DIR = "resources/hub"  # hub models, fetched once (kdgrid.hub); put it on a shared file system
@@ -358,13 +362,13 @@ class Grid:
     def out(self, *parts: str) -> str:
         return os.path.join(self.outdir, *parts)
 
-    @staticmethod
-    def data_dir(family: str) -> str:
-        return f"resources/data/{family}"
+    def data_dir(self, family: str) -> str:
+        """A family's prepared data, under this grid's results folder: grids with other data (another
+        outdir) never share or overwrite it."""
+        return self.out(DATA_DIR.format(family=family))
 
-    @staticmethod
-    def tiny_model_dir(model: str) -> str:
-        return f"resources/models/{model}"
+    def tiny_model_dir(self, model: str) -> str:
+        return self.out(TINY_MODEL_DIR.format(model=model))
 
     def model_ref(self, name: str) -> str:
         """What `--model`/`--teacher` get for a model's base weights: a folder or a hub id."""
@@ -747,6 +751,18 @@ class Grid:
                 "online_teacher_cells": sum(c.method != "seqkd" and not self.uses_cache(c) for c in self.cells),
                 "seqkd_generation": generation}
 
+    def notes(self) -> list[str]:
+        """What a dry run should say although it is allowed: a student larger than its teacher (reverse
+        distillation is a real experiment, but more often a swapped pair)."""
+        notes = []
+        for teacher, students in self.pairs.items():
+            for student in students:
+                t, s = self.models[teacher].size_b, self.models[student].size_b
+                if s > t:
+                    notes.append(f"pairs.{teacher}: student {student} ({fmt_number(s)}B) is larger than its "
+                                 f"teacher {teacher} ({fmt_number(t)}B): reverse distillation")
+        return notes
+
     # -- everything `rule all` asks for --------------------------------------------------------
     def final_targets(self) -> list[str]:
         targets = [self.out(e.ckpt, "eval", "scores.json") for e in self.evaluations]
@@ -765,6 +781,10 @@ def _expand_block(i: int, block: dict, grid: Grid) -> tuple[str, list[Cell]]:
     for key in block:
         if key not in known_keys:
             raise unknown_at(where, "key", key, known_keys)
+    for key in ("families", "teachers", "students"):
+        if key in block and not block[key]:
+            raise KdgridError(f"config key {where}.{key} is empty: leave the key out to mean all {key}, or "
+                              "list them")
     families = _as_list(block.get("families"), f"{where}.families") or list(grid.families)
     for f in families:
         if f not in grid.families:
@@ -817,10 +837,24 @@ def _expand_block(i: int, block: dict, grid: Grid) -> tuple[str, list[Cell]]:
     return name, cells
 
 
+def reject_non_finite(value, where: str = "") -> None:
+    """A NaN or infinite number anywhere in the config is an error naming its key (YAML's .nan and .inf
+    pass the schema's bounds: every comparison with NaN is false)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise KdgridError(f"config key {where or '(top level)'}: {value} is not a finite number")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            reject_non_finite(item, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            reject_non_finite(item, f"{where}[{i}]")
+
+
 def expand_grid(config: dict) -> Grid:
     """The grid a config describes, with every cell once however many blocks name it."""
     if not isinstance(config, dict):
         raise KdgridError(f"config: expected a mapping, got {type(config).__name__}")
+    reject_non_finite(config)
     models = _models(config)
     families = _families(config)
     pairs = {}
@@ -867,7 +901,25 @@ def expand_grid(config: dict) -> Grid:
         grid.block_cells[name] = cells
         unique.update(dict.fromkeys(cells))
     grid.cells = list(unique)
+    _check_top_k(grid)
     return grid
+
+
+def _check_top_k(grid: Grid) -> None:
+    """A cache keeps the top_k largest of a teacher's logits, at the widths of its students: top_k must
+    not exceed the narrowest. Known here for tiny models; for hub models `kdgrid teacher-outputs` checks."""
+    from .tiny_models import TINY_SPECS
+
+    k = int(grid.teacher_cache["top_k"])
+    for cache in grid.teacher_outputs:
+        for c in grid.cells:
+            if (c.family, c.teacher, c.teacher_kind) != (cache.family, cache.teacher, cache.teacher_kind):
+                continue
+            tiny = [m for m in (c.student, c.teacher) if grid.models[m].tiny and m in TINY_SPECS]
+            narrowest = min(tiny, key=lambda m: TINY_SPECS[m].vocab_size, default=None)
+            if narrowest and k > TINY_SPECS[narrowest].vocab_size:
+                raise KdgridError(f"config key teacher_cache.top_k: {k} is more than the "
+                                  f"{TINY_SPECS[narrowest].vocab_size} logits of {narrowest} (cell {c.id})")
 
 
 def _resources_section(config: dict) -> dict:
@@ -885,7 +937,9 @@ def load_config(path: str | os.PathLike) -> dict:
     except FileNotFoundError:
         raise KdgridError(f"{path}: config file not found") from None
     except yaml.YAMLError as e:
-        raise KdgridError(f"{path}: not valid YAML ({e})") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise KdgridError(f"{path}{where}: not valid YAML ({e})") from None
     if not isinstance(config, dict):
         raise KdgridError(f"{path}: expected a mapping of config keys")
     return config

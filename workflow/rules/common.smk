@@ -9,6 +9,7 @@ from kdgrid.errors import KdgridError
 from kdgrid.grid import (
     COST_CSV,
     COST_JOBS_CSV,
+    DATA_DIR,
     KD_DIR,
     METHODS,
     MODEL_NAME_REGEX,
@@ -21,10 +22,12 @@ from kdgrid.grid import (
     TABLE_PARQUET,
     TEACHER_OUTPUTS_FILE,
     TEACHER_RESPONSES_FILE,
+    TINY_MODEL_DIR,
     expand_grid,
 )
 from kdgrid.fingerprint import refresh_stamps
 from kdgrid.grid import FINGERPRINT_CACHE
+from kdgrid.run_record import clear_stale_locks
 from kdgrid.tiny_models import world_fingerprint
 
 GRID = expand_grid(config)
@@ -73,6 +76,13 @@ if workflow.is_main_process:
         if _spec.path and not _spec.tiny and not os.path.isdir(_spec.path):
             raise KdgridError(f"config key models.{_name}.path: folder {_spec.path} does not exist")
     refresh_stamps(FOLDER_STAMPS, os.path.join(OUT, FINGERPRINT_CACHE))
+
+if workflow.is_main_process:
+    stale = clear_stale_locks()
+    if stale:
+        print(f"kdgrid: {stale}", file=sys.stderr)
+    for note in GRID.notes():  # allowed, but worth a word before anything runs
+        print(f"kdgrid: note: {note}", file=sys.stderr)
 
 
 

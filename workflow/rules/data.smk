@@ -3,8 +3,8 @@
 
 rule prepare_data:
     output:
-        train="resources/data/{family}/train.json",
-        test=directory("resources/data/{family}/test"),
+        train=out(DATA_DIR, "train.json"),
+        test=directory(out(DATA_DIR, "test")),
     params:
         args=lambda w: flags(GRID.data_args(w.family)),
         out=lambda w, output: os.path.dirname(output.train),

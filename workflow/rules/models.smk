@@ -3,7 +3,7 @@
 # fetched folder offline; `path:` models are folders already and need no rule.
 rule materialise_model:
     output:
-        directory("resources/models/{model}"),
+        directory(out(TINY_MODEL_DIR)),
     params:
         world=TINY_WORLD,  # rebuilt when the code defining the tiny world changes
     log:

@@ -22,6 +22,8 @@ Columns (TABLE_COLUMNS):
   cell trained on and why, from the `teacher_signal` event of its train_log.jsonl (beside its eval/
   folder): a cell that may read the teacher-output cache measures it on its first step and reads it
   only within its tolerance (docs/teacher_cache.md). Empty where the cell has no such log or event.
+- kdgrid_version, kdgrid_commit, torch_version, transformers_version, peft_version, deepspeed_version,
+  lm_eval_version: the code that evaluated the checkpoint (kdgrid.provenance; empty where unknown).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from pathlib import Path
 
 from ..errors import KdgridError
 from ..io import atomic_path, read_json
+from ..provenance import as_columns, table_columns
 from .splits import SPLIT_COLUMNS, split_accuracies
 
 AVERAGE = "Average"
@@ -42,7 +45,7 @@ SFT_METRICS = tuple(f"sft_{m}" for m in METRICS)
 TABLE_COLUMNS = [
     "family", "task", "role", "cell", "model", "teacher", "student", "method", "temperature",
     "noise_sigma", "teacher_kind", "seed", "accuracy", "n_items", *SPLIT_COLUMNS, *METRICS, *SFT_METRICS,
-    "student_size_b", "teacher_size_b", "data_verified", "model_revision", "teacher_revision",
+    "student_size_b", "teacher_size_b", "data_verified", "model_revision", "teacher_revision", *table_columns(),
 ]
 REVISION_COLUMNS = ("model_revision", "teacher_revision")
 CACHE_COLUMNS = ["teacher_signal", "cache_decision_reason", "cache_loss_error"]
@@ -141,6 +144,7 @@ def _checkpoint(path: Path, obj) -> dict:
     noise = _number(meta.get("noise_sigma"), path, "meta.noise_sigma")
     return {
         "path": str(path), "family": family, "role": role, "cell": meta["cell"], "model": model,
+        "provenance": meta.get("provenance"),
         "teacher": teacher, "student": student, "method": method,
         "temperature": _number(meta.get("temperature"), path, "meta.temperature") if role == "kd" else None,
         "noise_sigma": (noise or 0.0) if role == "kd" else None,
@@ -293,6 +297,7 @@ def build_table(scores_paths, compare_paths, sizes: dict[str, float], records_pa
         ident["data_verified"] = ckpt["data_verified"]
         ident.update(model_revision=ckpt["model_revision"], teacher_revision=ckpt["teacher_revision"])
         ident.update({column: ckpt.get(column) for column in CACHE_COLUMNS})
+        ident.update(as_columns(ckpt["provenance"]))  # which code scored it
         per_task = []
         for task in own_tasks:
             row = {**ident, "task": task, "accuracy": ckpt["accuracy"][task], "n_items": ckpt["n_items"].get(task),
@@ -359,7 +364,7 @@ def read_table(path):
     if path.suffix == ".parquet":
         table = pd.read_parquet(path)
     elif path.suffix == ".csv":
-        table = pd.read_csv(path, dtype={c: str for c in REVISION_COLUMNS})
+        table = pd.read_csv(path, dtype={c: str for c in (*REVISION_COLUMNS, *table_columns())})  # "5.0" is a version
     else:
         raise KdgridError(f"{path}: expected a .csv or .parquet results table")
     if "seed" in table.columns:

@@ -34,6 +34,9 @@ def summary(grid) -> str:
     lines.append(f"  {'total':<17}  {sum(counts.values()):>5}")
     lines += hub_disk(grid)
     lines += ["", *cache_conditions(grid)]
+    notes = grid.notes()
+    if notes:
+        lines += ["", "notes:", *(f"  {note}" for note in notes)]
     return "\n".join(lines)
 
 

@@ -52,7 +52,13 @@ def run(args) -> int:
 
     from ..teacher_cache import compute_teacher_outputs, default_widths
     from ..training.data import load_tokenized, tokenizer_fingerprint
-    from ..training.model_io import load_causal_lm, load_tokenizer, resolve_precision, torch_dtype
+    from ..training.model_io import (
+        check_finite_weights,
+        load_causal_lm,
+        load_tokenizer,
+        resolve_precision,
+        torch_dtype,
+    )
 
     temperatures = _parse_list(args.temperatures, float, "temperatures")
     if args.top_k < 1:
@@ -67,6 +73,10 @@ def run(args) -> int:
     tokenizer = load_tokenizer(args.teacher)
     examples, _ = load_tokenized(args.data, tokenizer, args.cutoff, args.token_scope)
     model = load_causal_lm(args.teacher, torch_dtype(precision), "teacher").to(device).eval()
+    check_finite_weights(model, f"teacher {args.teacher}")
+    if args.top_k > model.get_output_embeddings().weight.shape[0]:
+        raise KdgridError(f"--top-k {args.top_k}: more than the {model.get_output_embeddings().weight.shape[0]} "
+                          f"logits of teacher {args.teacher} (config key teacher_cache.top_k)")
     vocab_width = model.get_output_embeddings().weight.shape[0]
     if args.widths == "auto":
         widths = default_widths(vocab_width, len(tokenizer))

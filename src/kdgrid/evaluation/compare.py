@@ -110,7 +110,9 @@ def compare(student_dir, teacher_dir, out_file, embedding_model: str | None = "n
     encoder = load_embedding_model(embedding_model)
 
     tasks = list(dict.fromkeys(task for task, _ in student))
-    result = {"meta": dict(meta or {}), "agreement": {}, "bleu": {}, "embedding_similarity": {}, "n": {}}
+    from ..provenance import provenance
+
+    result = {"meta": {**(meta or {}), "provenance": provenance()}, "agreement": {}, "bleu": {}, "embedding_similarity": {}, "n": {}}
     for task in tasks:
         keys = sorted(k for k in student if k[0] == task)
         s_rows, t_rows = [student[k] for k in keys], [teacher[k] for k in keys]

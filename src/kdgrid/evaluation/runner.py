@@ -167,9 +167,11 @@ def evaluate(
         records += _records(task, results["samples"][name])
     accuracy["Average"] = sum(accuracy[t] for t in names) / len(names)
 
+    from ..provenance import provenance
+
     revisions = revisions_of(model if isinstance(model, str) else None)
     scores = {
-        "meta": {**dict(meta or {}), **revisions},
+        "meta": {**dict(meta or {}), **revisions, "provenance": provenance()},
         "model": model_name,
         "family": family,
         "accuracy": accuracy,

@@ -17,6 +17,7 @@ from pathlib import Path
 from ..errors import KdgridError
 from ..hub import revisions_of, write_revisions
 from ..io import read_jsonl, write_jsonl, write_text
+from ..provenance import provenance
 from .config import TrainConfig
 
 CONFIG_FILE = "kdgrid_train_config.json"
@@ -224,8 +225,8 @@ def _train_in_this_process(cfg: TrainConfig, received) -> None:
               f"{why} | {len(examples)} examples ({'tokenised-data cache hit' if from_cache else 'tokenised'}), "
               f"{truncated} truncated at the cutoff of {cfg.cutoff} tokens | "
               f"{args.world_size} process(es), ZeRO stage {cfg.zero_stage}, {precision}", flush=True)
-        header = {"event": "config", "config": cfg.to_dict(), "teacher_source": source, "teacher": teacher_line,
-                  **revisions_of_cell(cfg),
+        header = {"event": "config", "config": cfg.to_dict(), "provenance": provenance(), "teacher_source": source,
+                  "teacher": teacher_line, **revisions_of_cell(cfg),
                   "precision": precision, "world_size": args.world_size,
                   "deepspeed": deepspeed_config(cfg.zero_stage), "examples": len(examples),
                   "truncated_examples": truncated,
@@ -334,5 +335,6 @@ def _export(trainer, cfg: TrainConfig, tokenizer, model_dir: Path, precision: st
         if is_main:
             model_io.export_from_state_dict(state_dict, cfg, tokenizer, model_dir, dtype)
     elif is_main:
-        model_io.export_trained_model(trainer.accelerator.unwrap_model(trainer.model), tokenizer, model_dir, dtype)
+        model_io.export_trained_model(trainer.accelerator.unwrap_model(trainer.model), tokenizer, model_dir, dtype,
+                                      model_io.trained_with(cfg), cfg.cell_name)
     _barrier()

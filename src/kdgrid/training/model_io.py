@@ -64,12 +64,36 @@ def check_tokenizers_agree(student_tokenizer, teacher_tokenizer, student: str, t
 
 
 def load_causal_lm(name_or_path: str, dtype, role: str):
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     try:
         return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
+    except SafetensorError as e:  # a truncated or corrupt weights file
+        raise KdgridError(f"cannot load the {role} model {name_or_path!r}: its weights file "
+                          f"{_weights_files(name_or_path)} is damaged ({e}); rebuild or re-download it") from e
     except (OSError, ValueError) as e:
         raise KdgridError(f"cannot load the {role} model {name_or_path!r}{_hub_hint(name_or_path)}: {e}") from e
+
+
+def _weights_files(name_or_path: str) -> str:
+    files = sorted(Path(name_or_path).glob("*.safetensors")) if Path(name_or_path).is_dir() else []
+    return ", ".join(map(str, files)) or "model.safetensors"
+
+
+def non_finite_tensors(named_tensors) -> list[str]:
+    """Names of the tensors holding a NaN or an infinity."""
+    import torch
+
+    return [name for name, t in named_tensors if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+def check_finite_weights(model, what: str) -> None:
+    """Refuse a model with NaN or infinite weights (a diverged training), naming it."""
+    bad = non_finite_tensors(model.named_parameters())
+    if bad:
+        raise KdgridError(f"{what} has NaN or infinite weights in {len(bad)} tensor(s) (e.g. {bad[0]}): "
+                          "its training diverged; lower its lr (or use --precision fp32) and train it again")
 
 
 def apply_lora(model, cfg: TrainConfig):
@@ -103,24 +127,68 @@ def load_student(cfg: TrainConfig, precision: str):
 def load_teacher(name_or_path: str, precision: str):
     """The frozen teacher, in eval mode, in the run's compute precision."""
     model = load_causal_lm(name_or_path, torch_dtype(precision), "teacher")
+    check_finite_weights(model, f"teacher {name_or_path}")
     model.requires_grad_(False)
     return model.eval()
 
 
-def _save_folder(model, tokenizer, out_dir: Path, dtype) -> None:
+TRAINED_WITH_FILE = "kdgrid_trained_with.json"  # in every exported model folder: its config and provenance
+
+
+def check_saved_model(folder: Path, expected: set[str], cell: str) -> None:
+    """What `folder` holds loads back: a config, and weight files holding exactly the `expected` tensors,
+    all finite."""
+    from safetensors import SafetensorError, safe_open
+    from transformers import AutoConfig
+
+    AutoConfig.from_pretrained(folder)
+    found = set()
+    for file in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                for name in f.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
+                    found.add(name)
+                    bad = non_finite_tensors([(name, f.get_tensor(name))])
+                    if bad:
+                        raise KdgridError(f"cell {cell}: the saved weights {file.name} hold NaN or infinite "
+                                          f"values ({name})")
+        except SafetensorError as e:
+            raise KdgridError(f"cell {cell}: the saved weights {file} do not load back ({e})") from e
+    if found != expected:
+        raise KdgridError(f"cell {cell}: the saved weights do not hold the model's tensors (missing "
+                          f"{sorted(expected - found)[:3]}, unexpected {sorted(found - expected)[:3]})")
+
+
+def _save_folder(model, tokenizer, out_dir: Path, dtype, trained_with: dict, cell: str) -> None:
+    """The model's folder, published only once checked: finite weights that load back, and the config it
+    was trained with (TRAINED_WITH_FILE). A diverged training fails here, naming its cell, and publishes
+    nothing (so a teacher's divergence fails the teacher's own SFT job)."""
+    from ..io import write_json
+
+    check_finite_weights(model, f"cell {cell}: the trained model")
     with atomic_dir(out_dir) as tmp:
         model.to(dtype).save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        write_json(tmp / TRAINED_WITH_FILE, trained_with)
+        check_saved_model(tmp, set(model.state_dict()) - _tied_names(model), cell)
 
 
-def export_trained_model(model, tokenizer, out_dir: Path, dtype) -> None:
+def _tied_names(model) -> set[str]:
+    """Tensors save_pretrained leaves out because they are tied to another (lm_head to the embeddings)."""
+    if getattr(model.config, "tie_word_embeddings", False):
+        return {name for name in model.state_dict() if name.endswith("lm_head.weight")}
+    return set()
+
+
+def export_trained_model(model, tokenizer, out_dir: Path, dtype, trained_with: dict | None = None,
+                         cell: str | None = None) -> None:
     """Write a trained (not sharded) model to `out_dir` as a HF folder, merging LoRA in place."""
     from peft import PeftModel
 
     if isinstance(model, PeftModel):
         model = model.merge_and_unload()
     model.config.use_cache = True
-    _save_folder(model, tokenizer, out_dir, dtype)
+    _save_folder(model, tokenizer, out_dir, dtype, trained_with or {}, cell or str(out_dir))
 
 
 def export_from_state_dict(state_dict: dict, cfg: TrainConfig, tokenizer, out_dir: Path, dtype) -> None:
@@ -138,4 +206,10 @@ def export_from_state_dict(state_dict: dict, cfg: TrainConfig, tokenizer, out_di
     if set(missing) - tied or unexpected:
         raise KdgridError(f"gathered ZeRO-3 state dict does not fit {cfg.model!r}: missing "
                           f"{sorted(set(missing) - tied)[:5]}, unexpected {sorted(unexpected)[:5]}")
-    export_trained_model(model, tokenizer, out_dir, dtype)
+    export_trained_model(model, tokenizer, out_dir, dtype, trained_with(cfg), cfg.cell_name)
+
+
+def trained_with(cfg: TrainConfig) -> dict:
+    from ..provenance import provenance
+
+    return {"config": cfg.to_dict(), "provenance": provenance()}
