@@ -4,7 +4,6 @@ held-out temperature selection, on hand-made tables and on a real CI-grid table 
 
 import itertools
 import json
-import math
 from pathlib import Path
 
 import numpy as np

@@ -3,11 +3,19 @@ measured tables after it (kdgrid.analysis.cost, from benchmark files and trainin
 
 import json
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from kdgrid.analysis.cost import COST_COLUMNS, checkpoint_table, cost_markdown, job_table, kd_extra_cost, read_benchmark
+from kdgrid.analysis.cost import (
+    COST_COLUMNS,
+    checkpoint_table,
+    cost_markdown,
+    job_table,
+    kd_extra_cost,
+    read_benchmark,
+)
 from kdgrid.cli import main
 from kdgrid.cost_plan import job_estimates, per_rule, report, summary_line, without_cache
 from kdgrid.errors import KdgridError
@@ -142,7 +150,7 @@ def test_a_kd_cell_pays_its_own_jobs_and_its_share_of_the_teacher_and_the_cache(
     assert fkl["total_core_s"] == pytest.approx(30 + 35)  # 1 core per job
     assert fkl["total_gpu_s"] == 0
     assert fkl["tokens_trained"] == 300 and fkl["checkpoint_bytes"] == 4000
-    assert fkl["disk_bytes"] == 1000 + len(open(measured.out(fkl.name, "train_log.jsonl")).read())
+    assert fkl["disk_bytes"] == 1000 + len(Path(measured.out(fkl.name, "train_log.jsonl")).read_text())
     assert fkl["shared_disk_bytes"] == 300  # half of the 600-byte cache
     commonsense = cost.loc["commonsense/tiny-m__tiny-xs/fkl/t1/sft-teacher/seed1"]
     assert commonsense["shared_wall_s"] == pytest.approx(10 + 10 + 10)  # alone with its teacher and cache
@@ -220,7 +228,7 @@ def test_every_rule_that_runs_a_job_writes_a_benchmark():
     import re
 
     for path in sorted((ROOT / "workflow/rules").glob("*.smk")):
-        blocks = re.split(r"^rule ", path.read_text(), flags=re.M)[1:]
+        blocks = re.split(r"^rule ", path.read_text(), flags=re.MULTILINE)[1:]
         for block in blocks:
             name = block.split(":", 1)[0]
             assert "\n    benchmark:\n" in block, f"{path.name}: rule {name} has no benchmark directive"

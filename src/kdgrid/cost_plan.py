@@ -169,11 +169,11 @@ def report(grid) -> str:
     rules = per_rule(jobs)
     total = sum(r.device_s for r in rules)
     if res["accelerator"] == "gpu":
-        lines = [f"estimated cost on GPUs of {res['gpu_tflops']:g} sustained TFLOP/s (resources.gpu_tflops) and "
-                 f"{res['gpu_mem_gb']:g} GB (resources.gpu_mem_gb), GPUs per job from kdgrid.resources_plan:"]
+        lines = [(f"estimated cost on GPUs of {res['gpu_tflops']:g} sustained TFLOP/s (resources.gpu_tflops) and "
+                 f"{res['gpu_mem_gb']:g} GB (resources.gpu_mem_gb), GPUs per job from kdgrid.resources_plan:")]
     else:
-        lines = [f"estimated cost on CPU cores of {res['cpu_gflops']:g} sustained GFLOP/s each (resources.cpu_gflops), "
-                 f"{res['cpu_threads']} core(s) per job:"]
+        lines = [(f"estimated cost on CPU cores of {res['cpu_gflops']:g} sustained GFLOP/s each (resources.cpu_gflops), "
+                 f"{res['cpu_threads']} core(s) per job:")]
     lines += [
         "  FLOPs = 6 N D (full fine-tuning), 4 N D (LoRA), 2 N D (a frozen forward: online teacher, cache run,",
         "  reading prompts); N = models.<name>.size_b, D = tokens = examples x epochs x cutoff (padded: an upper",
@@ -217,8 +217,8 @@ def report(grid) -> str:
     transient = max((j.transient_bytes for j in jobs), default=0.0)
     per_cell = sorted(cell_disk(grid, jobs).values())
     lines += ["", "disk (estimated):",
-              f"  merged models {_gb(models)} ({sum(j.rule in ('sft', 'distill') for j in jobs)} SFT and KD models), "
-              f"teacher-output caches {_gb(caches)}, teacher responses {_gb(responses)}; total {_gb(models + caches + responses)}"]
+              (f"  merged models {_gb(models)} ({sum(j.rule in ('sft', 'distill') for j in jobs)} SFT and KD models), "
+              f"teacher-output caches {_gb(caches)}, teacher responses {_gb(responses)}; total {_gb(models + caches + responses)}")]
     if per_cell:
         lines.append(f"  per KD cell (its model + its share of the cache or responses it reads): median "
                      f"{_gb(per_cell[len(per_cell) // 2])}, largest {_gb(per_cell[-1])}")

@@ -332,8 +332,8 @@ def cost_markdown(table, cost, jobs) -> str:
                 gain, price = rows["improvement"].mean(), rows["extra_cost"].mean()
                 per_point = _fmt(price / gain, 3) if gain > 0 else "– (no gain)"
                 lines.append(f"| {family} | {method} | {len(rows)} | {gain:+.2f} | {_fmt(price, 3)} | {per_point} |")
-    lines += ["", "Estimated (kdgrid grid cost, before the run) against measured, per rule "
-              "(the estimate leaves out start-up: loading Python, torch and the models):", "",
+    lines += ["", ("Estimated (kdgrid grid cost, before the run) against measured, per rule "
+              "(the estimate leaves out start-up: loading Python, torch and the models):"), "",
               "| rule | jobs | estimated | measured | measured / estimated |", "|---|---|---|---|---|"]
     rows = calibration(jobs)
     for r in rows:

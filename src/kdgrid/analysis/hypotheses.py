@@ -26,7 +26,15 @@ import math
 import warnings
 
 from ..errors import KdgridError
-from .improvement import CELL_KEYS, CORE_COLUMNS, kd_cells, ordered_methods, ordered_tasks, pair_label, seed_improvements
+from .improvement import (
+    CELL_KEYS,
+    CORE_COLUMNS,
+    kd_cells,
+    ordered_methods,
+    ordered_tasks,
+    pair_label,
+    seed_improvements,
+)
 from .table import AVERAGE
 
 ALPHA = 0.05
@@ -175,7 +183,6 @@ def _ttest(cells) -> dict:
 
 def _seeds_test(cells, runs) -> dict:
     """H1 with seeds as repeated measures: the per-seed improvements of the test's cells."""
-    import numpy as np
     from scipy import stats
 
     keys = list(zip(*(cells[k] for k in CELL_KEYS)))
@@ -214,8 +221,8 @@ def _seeds_test(cells, runs) -> dict:
             "p_value": float(stats.t.sf(t_value, dof)), "ci_low": beta - float(stats.t.ppf(0.95, dof)) * se,
             "ci_high": math.inf, "effect_size_name": "cohen_d", "effect_size": d,
             "effect_ci_low": d_low, "effect_ci_high": d_high,
-            **{**_signflip(cell_means), "perm_test": "sign-flip of whole cells (their seed means), "
-               + _exact_or_mc(2 ** k)[1]}}
+            **_signflip(cell_means), "perm_test": "sign-flip of whole cells (their seed means), "
+               + _exact_or_mc(2 ** k)[1]}
 
 
 def _signed_d_ci(d: float, n: int) -> tuple[float, float]:

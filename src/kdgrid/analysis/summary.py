@@ -6,7 +6,16 @@ from __future__ import annotations
 
 import math
 
-from .hypotheses import ALPHA, MAX_EXACT, PER_TASK_ONLY, PERM_RESAMPLES, PERM_SEED, STATEMENTS, min_n, not_computable
+from .hypotheses import (
+    ALPHA,
+    MAX_EXACT,
+    PER_TASK_ONLY,
+    PERM_RESAMPLES,
+    PERM_SEED,
+    STATEMENTS,
+    min_n,
+    not_computable,
+)
 from .improvement import ordered_methods, pair_label
 from .power import power_note
 from .table import AVERAGE
