@@ -79,7 +79,8 @@ def job_estimates(grid) -> list[JobEstimate]:
                               grid.resources_inference(t.teacher, t.family, "teacher_responses"),
                               inference_work(*size), size[1] * size[3] * RESPONSE_BYTES_PER_TOKEN))
     for cell in grid.cells:
-        jobs.append(_training(grid, "distill", cell.id, cell.family, grid.resources_distill(cell), grid.distill_size(cell)))
+        jobs.append(_training(grid, "distill", cell.id, cell.family, grid.resources_distill(cell),
+                              grid.distill_size(cell, cache_passes=True)))
     for e in grid.evaluations:
         size = grid.inference_size(e.model, e.family, "evaluate")
         jobs.append(_estimate(grid, "evaluate", e.ckpt, grid.resources_inference(e.model, e.family, "evaluate"),

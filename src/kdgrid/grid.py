@@ -654,13 +654,15 @@ class Grid:
         fam = self.families[run.family]
         return fam.training, self.models[run.model].size_b, 0.0, fam.examples_seen(), 0
 
-    def distill_size(self, cell: Cell) -> tuple:
+    def distill_size(self, cell: Cell, cache_passes: bool = False) -> tuple:
         """(training, student_b, teacher_b, examples_seen, generated_tokens) of a KD cell; teacher_b is 0
-        when it reads the teacher-output cache or trains on the teacher's responses (seqkd)."""
+        when it trains on the teacher's responses (seqkd). A cell that may read the cache still needs room
+        for its teacher (its resources): it measures the cache against it on the first step and keeps it
+        online if the cache fails the check (decided in the job). `cache_passes`: the work of the run
+        once the check has passed, teacher freed (the cost estimate; one step of teacher forwards left out)."""
         fam = self.families[cell.family]
-        # A cell that may read the cache still needs room for its teacher: it measures the cache against it
-        # on the first step and keeps it online if the cache fails the check (decided in the job).
-        teacher_b = self.models[cell.teacher].size_b if cell.method != "seqkd" else 0.0
+        runs_teacher = cell.method != "seqkd" and not (cache_passes and self.uses_cache(cell))
+        teacher_b = self.models[cell.teacher].size_b if runs_teacher else 0.0
         generation = self.kd["gkd_max_new_tokens"] * self.kd["lmbda"] if cell.method == "gkd" else 0
         return fam.training, self.models[cell.student].size_b, teacher_b, fam.examples_seen(), generation
 
