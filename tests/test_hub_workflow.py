@@ -149,7 +149,7 @@ def test_the_real_checkpoint_served_as_a_hub_model_runs_through_fetch_and_evalua
         run = snakemake(workdir, "--configfile", str(path), "--cores", "2", "results/math/base/SmolLM2-135M/eval/scores.json",
                         timeout=900)
     assert run.returncode == 0, run.stderr[-5000:]
-    assert job_table(run.stdout + run.stderr) == {"fetch_model": 1, "prepare_data": 1, "evaluate": 1}
+    assert job_table(run.stdout + run.stderr) == {"fetch_model": 1, "prepare_data": 1, "fingerprint_folder": 1, "evaluate": 1}
     folder = tmp_path / "hub" / "SmolLM2-135M"
     for name in os.listdir(real.teacher):  # every file of the checkpoint (chat template too), byte for byte
         assert (folder / name).read_bytes() == (real.teacher / name).read_bytes(), name
