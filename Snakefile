@@ -55,6 +55,7 @@ report: "workflow/report/workflow.rst"
 # The run's host and pid, so that the next run can remove the locks this one leaves if it is killed
 # (kdgrid.run_record; common.smk removes them only once this process is gone).
 onstart:
+    slurm_preflight()  # workflow/rules/preflight.smk: fails before anything is submitted
     record_run()
 
 

@@ -2,7 +2,8 @@
 # account, GPUs per node and time limits fit the jobs about to run? (kdgrid.cluster; also `kdgrid cluster check`)
 
 
-onstart:
+def slurm_preflight():
+    """Called by the Snakefile's onstart (Snakemake keeps one onstart handler)."""
     if workflow.executor_plugin is not None and workflow.executor_plugin.cli_prefix == "slurm":
         from kdgrid.cluster import check_before_submission
 
