@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 
 from ..errors import KdgridError
+from ..provenance import table_columns as provenance_columns
 from .splits import SPLIT_COLUMNS
 from .table import AVERAGE, TABLE_COLUMNS, sort_table, warn
 
@@ -154,8 +155,10 @@ def import_paper(directory):
     for column in ("embedding_similarity", "sft_embedding_similarity", *SPLIT_COLUMNS):  # not published
         table[column] = None
     table["data_verified"] = None  # published numbers: kdgrid checked no data of theirs
+    # what kdgrid records of its own runs (revisions, cache decisions, the code that scored them): the
+    # paper published none
     for column in ("model_revision", "teacher_revision", "teacher_signal", "cache_decision_reason",
-                   "cache_loss_error"):  # what kdgrid records of its own runs; the paper published none
+                   "cache_loss_error", *provenance_columns()):
         table[column] = None
 
     sizes = {name: size_from_name(name) for name in set(table["model"]) | set(table["teacher"].dropna())}
