@@ -40,7 +40,8 @@ def _tmp_prefix(target: Path) -> str:
     return f".{target.name}.{_HOST}-{os.getpid()}."
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Is process `pid` running on this host (one we may not signal counts as running)?"""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -70,7 +71,7 @@ def clean_stale_temporaries(target: str | os.PathLike) -> list[Path]:
         if not m:
             continue
         if m["host"] == _HOST:
-            stale = int(m["pid"]) != os.getpid() and not _alive(int(m["pid"]))
+            stale = int(m["pid"]) != os.getpid() and not process_alive(int(m["pid"]))
         else:
             try:
                 stale = time.time() - path.lstat().st_mtime > STALE_AFTER_S

@@ -15,6 +15,8 @@ import os
 import socket
 from pathlib import Path
 
+from .io import process_alive
+
 RUN_FILE = Path(".snakemake") / "kdgrid-run.json"
 LOCKS = Path(".snakemake") / "locks"
 
@@ -28,13 +30,8 @@ def _start_time(pid: int) -> str | None:
 
 
 def _alive(pid: int, start_time: str | None) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return start_time is None or _start_time(pid) in (None, start_time)
+    """Running, and the same process (a reused pid has another start time)."""
+    return process_alive(pid) and (start_time is None or _start_time(pid) in (None, start_time))
 
 
 def record_run(workdir: str | os.PathLike = ".") -> None:
