@@ -12,7 +12,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.kdgrid-installed
 CORES  ?= 2
 
-.PHONY: install demo test test-slurm real-smoke test-faults lint bench clean-demo
+.PHONY: install demo test test-e2e test-slurm real-smoke test-faults lint bench clean-demo
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q
+
+# Grids of their own through Snakemake: hub models fetched from a stand-in hub, path: model fingerprints.
+test-e2e: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -m e2e tests/test_hub_workflow.py tests/test_workflow_fingerprints.py
 
 test-slurm: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" tests/slurm/test-slurm.sh

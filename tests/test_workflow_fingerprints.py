@@ -11,7 +11,7 @@ import pytest
 from kdgrid.grid import expand_grid, load_config
 from workflow_support import copy_workflow, job_table, scheduled_jobs, snakemake, write_config
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # make test-e2e runs it, not make test
 
 JOINS = {"aggregate": 1, "stats": 1, "plots": 1, "all": 1}
 STUDENT = "local-xs"
