@@ -37,7 +37,8 @@ pytestmark = [
 ]
 
 GRID = "config/tiny-ci.yaml"
-COMPARED = ("results/tables/results.csv", "results/stats/hypotheses.csv", "results/stats/summary.md")
+COMPARED = ("results/tables/results.csv", "results/stats/hypotheses.csv")
+SUMMARY = "results/stats/summary.md"
 RUN_TIMEOUT_S = 900
 STEP_DELAY_S = "2"  # each optimizer step of the SLURM run's training jobs lasts >= 2 s: time to signal it
 
@@ -188,6 +189,12 @@ def test_the_ci_grid_on_slurm_survives_cancel_and_preemption_and_equals_a_local_
     assert local.returncode == 0, local_log[-5000:]
     for name in COMPARED:
         assert (slurm_dir / name).read_bytes() == (local_dir / name).read_bytes(), name
+    # summary.md ends with the cost ledger's section (measured times): its statistics must be equal
+    from kdgrid.analysis.cost import without_cost_section
+
+    summaries = [without_cost_section((d / SUMMARY).read_text()) for d in (slurm_dir, local_dir)]
+    assert "## math" in summaries[0] and "## Cost" not in summaries[0]
+    assert summaries[0] == summaries[1], SUMMARY
 
     again = subprocess.run(snakemake_cmd("--profile", "profiles/slurm", "-n"), cwd=slurm_dir, env=env(),
                            text=True, capture_output=True, timeout=300, check=False)

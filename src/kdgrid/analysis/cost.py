@@ -309,12 +309,20 @@ def fit_startup_and_rate(jobs) -> dict | None:
             "rate": float(known["rate"].iloc[0]) / float(slope)}
 
 
+COST_HEADING = "## Cost"  # summary.md's last section: measured times, which differ from run to run
+
+
+def without_cost_section(summary: str) -> str:
+    """summary.md's statistics, the part two runs of the same grid must agree on (whatever their timing)."""
+    return summary.split(f"\n{COST_HEADING}\n", 1)[0]
+
+
 def cost_markdown(table, cost, jobs) -> str:
     """The summary.md section: cost per point of improvement, and the estimate against the measurement."""
     from .improvement import ordered_methods
 
     extra, unit = kd_extra_cost(table, cost)
-    lines = ["", "## Cost", "",
+    lines = ["", COST_HEADING, "",
              (f"Measured cost from Snakemake's benchmark files (tables/cost.csv, one row per checkpoint; "
               f"tables/cost_jobs.csv, one per job), in {unit}. A KD cell's cost is its own jobs (training, evaluation, "
               "comparison) plus its share of its teacher's SFT and evaluation and of the teacher-output cache or "
