@@ -1,7 +1,9 @@
 # kdgrid: two commands for a fresh machine.
 #   make demo   create .venv, install, run the embedded tiny grid through Snakemake, build the report
 #   make test   create .venv, install, run the test suite
-#   make test-slurm   (root) the CI grid through profiles/slurm on a throwaway SLURM cluster, ~15 min here
+#   make test-slurm   (root) the CI grid through profiles/slurm on a throwaway SLURM cluster
+#   make test-e2e     grids of their own: a stand-in hub, path: model fingerprints
+#   make test-faults  fault injection on the CI grid
 #   make real-smoke  config/real-smoke.yaml through Snakemake on a real pretrained checkpoint, checked
 # Override PYTHON to pick an interpreter, TORCH to pick a torch build (e.g. TORCH="torch==2.13.0 --index-url ...").
 
