@@ -10,6 +10,7 @@ from kdgrid.grid import (
     COST_CSV,
     COST_JOBS_CSV,
     DATA_DIR,
+    FINGERPRINT_CACHE,
     KD_DIR,
     METHODS,
     MODEL_NAME_REGEX,
@@ -26,7 +27,6 @@ from kdgrid.grid import (
     expand_grid,
 )
 from kdgrid.fingerprint import refresh_stamps
-from kdgrid.grid import FINGERPRINT_CACHE
 from kdgrid.run_record import clear_stale_locks
 from kdgrid.tiny_models import world_fingerprint
 
@@ -37,17 +37,16 @@ TINY_WORLD = world_fingerprint()
 # A resource, not a param: whether checkpoints/ outlives a finished job decides no result, re-runs nothing.
 KEEP_CHECKPOINTS = int(GRID.disk["keep_checkpoints"])
 
-if workflow.is_main_process:
-    # The dry run (and every run) says up front what the grid will cost: kdgrid.cost_plan.
-    from kdgrid.cost_plan import summary_line
-
-    print(summary_line(GRID), file=sys.stderr)
-
 # No job asks the model hub: tiny models are built locally, path: models are folders, and hub models are
 # fetched once by the local rule fetch_model (the only one that goes online) into GRID.models_dir. Jobs
 # inherit this environment, on the cluster too.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HUB_MODEL_REGEX = "|".join(re.escape(name) for name in GRID.hub_models) or "(?!)"
+
+# Folder inputs take part in re-run decisions by their content (kdgrid.fingerprint): rules read a stamp
+# holding the folder's content hash, renewed below when the content changed (in the main process, not
+# again in every cluster job). A prepared test set's first stamp comes from rule fingerprint_folder.
+FOLDER_STAMPS = GRID.folder_stamps()
 
 
 def hub_disk_summary():
@@ -64,26 +63,22 @@ def hub_disk_summary():
     return line
 
 
-if workflow.is_main_process and hub_disk_summary():
-    print(hub_disk_summary(), file=sys.stderr)
+if workflow.is_main_process:  # once, where Snakemake runs, before the job table (not in every cluster job)
+    from kdgrid.cost_plan import summary_line
 
-# Folder inputs take part in re-run decisions by their content (kdgrid.fingerprint): rules read a stamp
-# holding the folder's content hash, renewed here when the content changed (in the main process, not
-# again in every cluster job). A prepared test set's first stamp comes from rule fingerprint_folder.
-FOLDER_STAMPS = GRID.folder_stamps()
-if workflow.is_main_process:
+    print(summary_line(GRID), file=sys.stderr)  # what the grid will cost (kdgrid.cost_plan)
+    hub_disk = hub_disk_summary()
+    if hub_disk:
+        print(hub_disk, file=sys.stderr)
     for _name, _spec in GRID.models.items():
         if _spec.path and not _spec.tiny and not os.path.isdir(_spec.path):
             raise KdgridError(f"config key models.{_name}.path: folder {_spec.path} does not exist")
     refresh_stamps(FOLDER_STAMPS, os.path.join(OUT, FINGERPRINT_CACHE))
-
-if workflow.is_main_process:
     stale = clear_stale_locks()
     if stale:
         print(f"kdgrid: {stale}", file=sys.stderr)
     for note in GRID.notes():  # allowed, but worth a word before anything runs
         print(f"kdgrid: note: {note}", file=sys.stderr)
-
 
 
 wildcard_constraints:
