@@ -12,335 +12,59 @@ teacher. A model that is both a teacher and a student gets one SFT run per disti
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import os
-import re
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from .analysis.captions import FIGURES
-from .errors import KdgridError, unknown
-from .hub import COMMIT_REGEX, LOCK_NAME, estimated_bytes, fetch_record
-from .tasks import tasks_of
-from .training.config import LOSS_VERSIONS
-
-METHODS = ("fkl", "rkl", "gkd", "skew_kl", "tvd", "seqkd")
-OFF_POLICY_METHODS = ("fkl", "rkl", "skew_kl", "tvd")  # plus gkd with lmbda = 0
-TEACHER_KINDS = ("sft", "base")
-SOURCES = ("synthetic", "llm-adapters")
-FAMILIES = ("math", "commonsense")
-
-# The figures `kdgrid plots` writes (<name>.png, <name>.pdf and captions/<name>.rst), from the one
-# list the plots command draws.
-PLOT_NAMES = FIGURES
-
-# Where each kind of job writes, relative to the results folder (docs/architecture.md).
-KD_DIR = "{family}/{teacher}__{student}/{method}/t{temperature}/{ablation}/seed{seed}"
-SFT_DIR = "{family}/sft/{model}/seed{seed}"
-BASE_DIR = "{family}/base/{model}"
-TEACHER_OUTPUTS_FILE = "{family}/teacher_outputs/{teacher}/{teacher_kind}/t{temperature}/topk{top_k}.pt"
-TEACHER_RESPONSES_FILE = "{family}/teacher_responses/{teacher}/{teacher_kind}/train.json"
-SFT_COMPARE = "{sft_dir}/compare/{teacher}/{teacher_kind}-teacher"  # + ".json"
-KD_COMPARE = "{kd_dir}/compare"  # + ".json"
-TABLE_CSV = "tables/results.csv"
-TABLE_PARQUET = "tables/results.parquet"
-COST_CSV = "tables/cost.csv"  # the cost ledger, one row per checkpoint (kdgrid.analysis.cost)
-COST_JOBS_CSV = "tables/cost_jobs.csv"  # and one row per job
-STATS_CSV = "stats/hypotheses.csv"
-STATS_MD = "stats/summary.md"
-PLOTS_DIR = "plots"
-# Stamps standing in for folder inputs, with their folder's content hash (kdgrid.fingerprint).
-MODEL_STAMP = "fingerprints/models/{model}.json"
-TEST_SET_STAMP = "fingerprints/test-sets/{family}.json"
-FINGERPRINT_CACHE = "fingerprints/cache.json"
-# The inputs a grid builds itself, under its results folder too (docs/architecture.md).
-DATA_DIR = "resources/data/{family}"
-TINY_MODEL_DIR = "resources/models/{model}"
-
-MODEL_NAME_REGEX = r"[A-Za-z0-9.\-]+(?:_[A-Za-z0-9.\-]+)*"  # no "__": it separates teacher and student
-DEFAULT_MODELS_DIR = "resources/hub"  # hub models, fetched once (kdgrid.hub); put it on a shared file system
-
-DEFAULT_TRAINING = {
-    "finetune": "lora",
-    "lora_r": 8,
-    "lora_alpha": 16,
-    "lora_dropout": 0.05,
-    "lora_targets": ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"],
-    "lr": 3e-4,
-    "micro_batch_size": 4,
-    "grad_accum": 4,
-    "warmup_steps": 100,
-    "cutoff": 256,
-    "epochs": 4,
-    "max_steps": -1,
-    "token_scope": "all",
-    "precision": "auto",
-    "save_steps": 200,
-}
-DEFAULT_KD = {
-    "beta": 0.5,
-    "lmbda": 0.5,
-    "skew": 0.1,
-    "kd_weight": 1.0,
-    "gkd_max_new_tokens": 128,
-    "seqkd_max_new_tokens": 256,
-}
-# The KD settings each method reads; a cell's command gets only these, so that changing, say, `skew`
-# re-runs the skew_kl cells and nothing else.
-KD_KEYS_OF_METHOD = {
-    "fkl": ("kd_weight",),
-    "rkl": ("kd_weight",),
-    "tvd": ("kd_weight",),
-    "skew_kl": ("skew", "kd_weight"),
-    "gkd": ("beta", "lmbda", "gkd_max_new_tokens", "kd_weight"),
-    "seqkd": (),
-}
-DEFAULT_EVALUATION = {"max_new_tokens": 256, "batch_size": 16, "sampling": False, "seed": 1234, "limit": None}
-DEFAULT_COMPARE = {"embedding_model": "none"}
-# The cache: top_k ids per token plus tail_samples ids drawn from the teacher's rest (docs/teacher_cache.md).
-# Cells up to max_temperature may read it; each measures it against its teacher on its first step and
-# reads it only if its loss error is within max_loss_error (per method), else runs the teacher online.
-DEFAULT_TEACHER_CACHE = {"enabled": True, "top_k": 64, "tail_samples": 64, "max_temperature": 1.0,
-                         "max_loss_error": None}
-CACHE_WIDTHS_ESTIMATE = 4  # rest normalisers per token: Qwen2.5's widths 151680-152064 (teacher_cache.default_widths)
-DEFAULT_MAX_LOSS_ERROR = {"fkl": 0.005, "skew_kl": 0.005, "tvd": 0.005, "gkd": 0.005, "rkl": 0.02}
-FAMILY_KEYS = ("tasks", "data", "training", "approx_train_examples", "approx_test_examples")
-DEFAULT_DISK = {"keep_checkpoints": False}  # a training job's checkpoints/ once its model is published
-DEFAULT_DATA = {"source": "llm-adapters", "local": None, "seed": 0, "n_train": None, "n_test": None, "limit_test": None,
-                "verify": True}
-
-
-def unknown_at(where: str, kind: str, name, known) -> KdgridError:
-    return KdgridError(f"config key {where}: {unknown(kind, name, known)}")
-
-
-def fmt_number(x: float) -> str:
-    """1.0 -> "1", 0.5 -> "0.5": how temperatures and noise levels appear in paths and flags."""
-    return format(float(x), "g")
-
-
-def ablation_name(teacher_kind: str, noise_sigma: float) -> str:
-    if teacher_kind == "base":
-        return "base-teacher"
-    return f"noise{fmt_number(noise_sigma)}" if noise_sigma > 0 else "sft-teacher"
-
-
-# ---------------------------------------------------------------------------------------------
-# What the config describes
+from ..errors import KdgridError
+from ..hub import LOCK_NAME, estimated_bytes, fetch_record
+from ..training.config import LOSS_VERSIONS
+from .jobs import Cell, Comparison, Evaluation, SftRun, TeacherOutputs, TeacherResponses
+from .layout import (
+    BASE_DIR,
+    COST_CSV,
+    COST_JOBS_CSV,
+    DATA_DIR,
+    DEFAULT_MODELS_DIR,
+    KD_COMPARE,
+    MODEL_STAMP,
+    PLOT_NAMES,
+    PLOTS_DIR,
+    SFT_COMPARE,
+    STATS_CSV,
+    STATS_MD,
+    TABLE_CSV,
+    TABLE_PARQUET,
+    TEST_SET_STAMP,
+    TINY_MODEL_DIR,
+    fmt_number,
+)
+from .spec import (
+    CACHE_WIDTHS_ESTIMATE,
+    DEFAULT_COMPARE,
+    DEFAULT_DISK,
+    DEFAULT_EVALUATION,
+    DEFAULT_KD,
+    DEFAULT_MAX_LOSS_ERROR,
+    DEFAULT_TEACHER_CACHE,
+    KD_KEYS_OF_METHOD,
+    METHODS,
+    OFF_POLICY_METHODS,
+    TEACHER_KINDS,
+    FamilySpec,
+    ModelSpec,
+    as_list,
+    parse_families,
+    parse_models,
+    reject_non_finite,
+    resources_section,
+    section,
+    unknown_at,
+)
 
 
 @dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    size_b: float
-    hub_id: str | None = None
-    path: str | None = None  # a local mirror of the hub model (air-gapped clusters)
-    tiny: bool = False
-    revision: str | None = None  # a hub model's pinned commit (None: locked at its first fetch)
-
-
-@dataclass(frozen=True)
-class FamilySpec:
-    name: str
-    tasks: tuple[str, ...]
-    data: dict
-    training: dict
-    approx_train_examples: int
-    approx_test_examples: int
-
-    def examples_seen(self) -> int:
-        """Training examples one run goes through (epochs x train set, or max_steps x batch)."""
-        t = self.training
-        seen = round(self.approx_train_examples * t["epochs"])
-        if t["max_steps"] > 0:
-            seen = min(seen, t["max_steps"] * t["micro_batch_size"] * t["grad_accum"])
-        return seen
-
-    def check_examples(self) -> int:
-        """Examples of a cell's first optimizer step, where a cell that may read the cache checks it
-        against its online teacher."""
-        return min(self.examples_seen(), self.training["micro_batch_size"] * self.training["grad_accum"])
-
-
-# ---------------------------------------------------------------------------------------------
-# The jobs
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One distilled student: a teacher, a student, a method, a temperature, a teacher signal, a seed."""
-
-    family: str
-    teacher: str
-    student: str
-    method: str
-    temperature: float
-    noise_sigma: float
-    teacher_kind: str
-    seed: int
-
-    @property
-    def ablation(self) -> str:
-        return ablation_name(self.teacher_kind, self.noise_sigma)
-
-    @property
-    def id(self) -> str:
-        return KD_DIR.format(family=self.family, teacher=self.teacher, student=self.student, method=self.method,
-                             temperature=fmt_number(self.temperature), ablation=self.ablation, seed=self.seed)
-
-
-@dataclass(frozen=True)
-class SftRun:
-    family: str
-    model: str
-    seed: int
-
-    @property
-    def id(self) -> str:
-        return SFT_DIR.format(family=self.family, model=self.model, seed=self.seed)
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """One `kdgrid evaluate` job: `ckpt` is the checkpoint's cell id; results go to `<ckpt>/eval/`."""
-
-    ckpt: str
-    family: str
-    role: str  # base | sft | kd
-    model: str
-    meta: tuple[tuple[str, object], ...]
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """One `kdgrid compare` job: a student's evaluation against its teacher's; writes `<id>.json`."""
-
-    id: str
-    student_ckpt: str
-    teacher_ckpt: str
-    meta: tuple[tuple[str, object], ...]
-
-
-@dataclass(frozen=True)
-class TeacherOutputs:
-    """One teacher-output cache: a teacher's top-k logits over its family's training set, with the
-    normalisers of one temperature. One file per temperature, so that adding a temperature to the grid
-    adds a cache and leaves the others (and the cells that read them) untouched."""
-
-    family: str
-    teacher: str
-    teacher_kind: str
-    temperature: float
-    top_k: int
-
-    @property
-    def path(self) -> str:
-        return TEACHER_OUTPUTS_FILE.format(family=self.family, teacher=self.teacher, teacher_kind=self.teacher_kind,
-                                           temperature=fmt_number(self.temperature), top_k=self.top_k)
-
-
-@dataclass(frozen=True)
-class TeacherResponses:
-    family: str
-    teacher: str
-    teacher_kind: str
-
-    @property
-    def path(self) -> str:
-        return TEACHER_RESPONSES_FILE.format(family=self.family, teacher=self.teacher,
-                                             teacher_kind=self.teacher_kind)
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading the config
-
-
-def _section(config: dict, key: str, defaults: dict, where: str = "") -> dict:
-    given = config.get(key) or {}
-    if not isinstance(given, dict):
-        raise KdgridError(f"config key {where}{key}: expected a mapping, got {given!r}")
-    for name in given:
-        if name not in defaults:
-            raise unknown_at(f"{where}{key}", "setting", name, defaults)
-    return {**defaults, **given}
-
-
-def _models(config: dict) -> dict[str, ModelSpec]:
-    models = {}
-    for name, spec in (config.get("models") or {}).items():
-        if not re.fullmatch(MODEL_NAME_REGEX, str(name)):
-            raise KdgridError(f"config key models.{name}: a model name may hold letters, digits, '.', '-' and "
-                              "single '_' ('__' separates teacher and student in result paths)")
-        spec = spec or {}
-        if "size_b" not in spec:
-            raise KdgridError(f"config key models.{name}.size_b is missing (the size in billions of parameters)")
-        tiny = bool(spec.get("tiny", False))
-        if not tiny and not (spec.get("hub_id") or spec.get("path")):
-            raise KdgridError(f"config key models.{name}: give a hub_id (or a local path), or tiny: true")
-        revision = spec.get("revision")
-        if revision is not None and (tiny or spec.get("path") or not re.fullmatch(COMMIT_REGEX, str(revision))):
-            raise KdgridError(f"config key models.{name}.revision: {revision!r}: a hub model's revision is a commit "
-                              "(40 hex digits); tiny and path: models have none")
-        models[name] = ModelSpec(name, float(spec["size_b"]), spec.get("hub_id"), spec.get("path"), tiny, revision)
-    if not models:
-        raise KdgridError("config key 'models' is empty: list the teachers and students with their sizes")
-    return models
-
-
-def _families(config: dict) -> dict[str, FamilySpec]:
-    families = {}
-    for name, spec in (config.get("families") or {}).items():
-        if name not in FAMILIES:
-            raise unknown_at("families", "family", name, FAMILIES)
-        spec = spec or {}
-        where = f"families.{name}."
-        for key in spec:
-            if key not in FAMILY_KEYS:
-                raise unknown_at(f"families.{name}", "key", key, FAMILY_KEYS)
-        data = _section(spec, "data", DEFAULT_DATA, where)
-        if data["source"] not in SOURCES:
-            raise KdgridError(f"config key {where}data.source: {data['source']!r} is not one of {', '.join(SOURCES)}")
-        if data["verify"] is False and (data["source"] != "llm-adapters" or not data["local"]):
-            raise KdgridError(f"config key {where}data.verify: false declares a local LLM-Adapters folder "
-                              f"unverified; it needs data.source llm-adapters and data.local (downloads at the "
-                              f"pinned commit are always verified)")
-        training = _section(spec, "training", DEFAULT_TRAINING, where)
-        tasks = tuple(_as_list(spec.get("tasks"), f"{where}tasks"))
-        if not tasks:
-            raise KdgridError(f"config key {where}tasks is empty: list the family's test tasks")
-        family_tasks = [t.name for t in tasks_of(name)]
-        for task in tasks:
-            if task not in family_tasks:
-                raise unknown_at(f"{where}tasks", "task", task, family_tasks)
-        approx_train = data["n_train"] or spec.get("approx_train_examples")
-        if not approx_train:
-            raise KdgridError(f"config key {where}approx_train_examples is missing: give data.n_train or the "
-                              "approximate size of the training set (used for runtimes and teacher costs)")
-        if data["n_test"]:
-            approx_test = len(tasks) * data["n_test"]
-        else:
-            approx_test = spec.get("approx_test_examples") or 1000 * len(tasks)
-        if data["limit_test"]:
-            approx_test = min(approx_test, len(tasks) * data["limit_test"])
-        families[name] = FamilySpec(name, tasks, data, training, int(approx_train), int(approx_test))
-    if not families:
-        raise KdgridError("config key 'families' is empty")
-    return families
-
-
-def _as_list(value, key: str) -> list:
-    if value is None:
-        return []
-    if isinstance(value, (list, tuple)):
-        return list(value)
-    raise KdgridError(f"config key {key}: expected a list, got {value!r}")
-
-
-# ---------------------------------------------------------------------------------------------
-# The grid
-
-
-@dataclass
 class Grid:
     outdir: str
     models: dict[str, ModelSpec]
@@ -354,8 +78,8 @@ class Grid:
     teacher_cache: dict
     resources: dict
     disk: dict = field(default_factory=lambda: dict(DEFAULT_DISK))
-    cells: list[Cell] = field(default_factory=list)
-    block_cells: dict[str, list[Cell]] = field(default_factory=dict)
+    cells: tuple[Cell, ...] = ()
+    block_cells: dict[str, tuple[Cell, ...]] = field(default_factory=dict)
     models_dir: str = DEFAULT_MODELS_DIR
 
     # -- paths ---------------------------------------------------------------------------------
@@ -636,7 +360,7 @@ class Grid:
     def data_source_ids(self, family: str) -> dict[str, str | None]:
         """The git blob ids of the LLM-Adapters files a family's data are made from (the pinned ids, or
         those of an unverified local folder's files): a param of prepare_data, so new ids re-run it."""
-        from .realdata import source_ids, test_path, train_path
+        from ..realdata import source_ids, test_path, train_path
 
         spec = self.families[family]
         paths = [train_path(family)] + [test_path(t) for t in spec.tasks]
@@ -682,18 +406,18 @@ class Grid:
         return self.models[model].size_b, examples, fam.training["cutoff"], new_tokens, self.evaluation["batch_size"]
 
     def resources_sft(self, run: SftRun):
-        from .resources_plan import plan_training
+        from ..resources_plan import plan_training
 
         return plan_training(self.resources, *self.sft_size(run))
 
     def resources_distill(self, cell: Cell):
-        from .resources_plan import plan_training
+        from ..resources_plan import plan_training
 
         return plan_training(self.resources, *self.distill_size(cell))
 
     def resources_inference(self, model: str, family: str, kind: str):
         """kind: evaluate, teacher_outputs or teacher_responses (see inference_size)."""
-        from .resources_plan import plan_inference
+        from ..resources_plan import plan_inference
 
         return plan_inference(self.resources, *self.inference_size(model, family, kind))
 
@@ -735,7 +459,7 @@ class Grid:
         cache_passes = sum(self.families[t.family].approx_train_examples for t in self.teacher_outputs)
         with_cache += cache_passes
         generation = sum(self.families[t.family].approx_train_examples for t in self.teacher_responses)
-        from .teacher_cache import UNBIASED_FROM_CACHE, bytes_per_token
+        from ..teacher_cache import UNBIASED_FROM_CACHE, bytes_per_token
 
         tokens = {f: spec.approx_train_examples * spec.training["cutoff"] for f, spec in self.families.items()}
         per_token = bytes_per_token(int(self.teacher_cache["top_k"]), int(self.teacher_cache["tail_samples"]), 1,
@@ -775,6 +499,7 @@ class Grid:
         return targets
 
 
+
 def _expand_block(i: int, block: dict, grid: Grid) -> tuple[str, list[Cell]]:
     name = block.get("name") or f"block{i + 1}"
     where = f"blocks[{i}] ({name})"
@@ -787,26 +512,26 @@ def _expand_block(i: int, block: dict, grid: Grid) -> tuple[str, list[Cell]]:
         if key in block and not block[key]:
             raise KdgridError(f"config key {where}.{key} is empty: leave the key out to mean all {key}, or "
                               "list them")
-    families = _as_list(block.get("families"), f"{where}.families") or list(grid.families)
+    families = as_list(block.get("families"), f"{where}.families") or list(grid.families)
     for f in families:
         if f not in grid.families:
             raise unknown_at(f"{where}.families", "family", f, grid.families)
-    teachers = _as_list(block.get("teachers"), f"{where}.teachers") or list(grid.pairs)
-    students = _as_list(block.get("students"), f"{where}.students")
+    teachers = as_list(block.get("teachers"), f"{where}.teachers") or list(grid.pairs)
+    students = as_list(block.get("students"), f"{where}.students")
     for t in teachers:
         if t not in grid.pairs:
             raise unknown_at(f"{where}.teachers", "teacher", t, grid.pairs)
     for s in students:
         if s not in grid.models:
             raise unknown_at(f"{where}.students", "model", s, grid.models)
-    methods = _as_list(block.get("methods"), f"{where}.methods")
+    methods = as_list(block.get("methods"), f"{where}.methods")
     if not methods:
         raise KdgridError(f"config key {where}.methods is empty (known methods: {', '.join(METHODS)})")
     for m in methods:
         if m not in METHODS:
             raise unknown_at(f"{where}.methods", "method", m, METHODS)
-    temperatures = [float(t) for t in _as_list(block.get("temperatures"), f"{where}.temperatures") or [1.0]]
-    noise_sigmas = [float(s) for s in _as_list(block.get("noise_sigmas"), f"{where}.noise_sigmas") or [0.0]]
+    temperatures = [float(t) for t in as_list(block.get("temperatures"), f"{where}.temperatures") or [1.0]]
+    noise_sigmas = [float(s) for s in as_list(block.get("noise_sigmas"), f"{where}.noise_sigmas") or [0.0]]
     teacher_kind = block.get("teacher_kind", "sft")
     if teacher_kind not in TEACHER_KINDS:
         raise unknown_at(f"{where}.teacher_kind", "teacher kind", teacher_kind, TEACHER_KINDS)
@@ -839,31 +564,19 @@ def _expand_block(i: int, block: dict, grid: Grid) -> tuple[str, list[Cell]]:
     return name, cells
 
 
-def reject_non_finite(value, where: str = "") -> None:
-    """A NaN or infinite number anywhere in the config is an error naming its key (YAML's .nan and .inf
-    pass the schema's bounds: every comparison with NaN is false)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise KdgridError(f"config key {where or '(top level)'}: {value} is not a finite number")
-    if isinstance(value, dict):
-        for key, item in value.items():
-            reject_non_finite(item, f"{where}.{key}" if where else str(key))
-    elif isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            reject_non_finite(item, f"{where}[{i}]")
-
 
 def expand_grid(config: dict) -> Grid:
     """The grid a config describes, with every cell once however many blocks name it."""
     if not isinstance(config, dict):
         raise KdgridError(f"config: expected a mapping, got {type(config).__name__}")
     reject_non_finite(config)
-    models = _models(config)
-    families = _families(config)
+    models = parse_models(config)
+    families = parse_families(config)
     pairs = {}
     for teacher, students in (config.get("pairs") or {}).items():
         if teacher not in models:
             raise unknown_at("pairs", "model", teacher, models)
-        for s in _as_list(students, f"pairs.{teacher}"):
+        for s in as_list(students, f"pairs.{teacher}"):
             if s not in models:
                 raise unknown_at(f"pairs.{teacher}", "model", s, models)
             if s == teacher:
@@ -871,7 +584,7 @@ def expand_grid(config: dict) -> Grid:
         pairs[teacher] = list(students)
     if not pairs:
         raise KdgridError("config key 'pairs' is empty: map each teacher to its students")
-    seeds = [int(s) for s in _as_list(config.get("seeds"), "seeds") or [42]]
+    seeds = [int(s) for s in as_list(config.get("seeds"), "seeds") or [42]]
     if len(set(seeds)) != len(seeds):
         raise KdgridError(f"config key seeds: {seeds} repeats a seed")
     teacher_seed = config.get("teacher_seed")
@@ -882,27 +595,28 @@ def expand_grid(config: dict) -> Grid:
         pairs=pairs,
         seeds=seeds,
         teacher_seed=int(teacher_seed) if teacher_seed is not None else seeds[0],
-        kd=_section(config, "kd", DEFAULT_KD),
-        evaluation=_section(config, "evaluation", DEFAULT_EVALUATION),
-        compare=_section(config, "compare", DEFAULT_COMPARE),
-        teacher_cache=_section(config, "teacher_cache", DEFAULT_TEACHER_CACHE),
-        resources=_resources_section(config),
-        disk=_section(config, "disk", DEFAULT_DISK),
+        kd=section(config, "kd", DEFAULT_KD),
+        evaluation=section(config, "evaluation", DEFAULT_EVALUATION),
+        compare=section(config, "compare", DEFAULT_COMPARE),
+        teacher_cache=section(config, "teacher_cache", DEFAULT_TEACHER_CACHE),
+        resources=resources_section(config),
+        disk=section(config, "disk", DEFAULT_DISK),
         models_dir=str(config.get("models_dir") or DEFAULT_MODELS_DIR).rstrip("/"),
     )
-    blocks = _as_list(config.get("blocks"), "blocks")
+    blocks = as_list(config.get("blocks"), "blocks")
     if not blocks:
         raise KdgridError("config key 'blocks' is empty: describe at least one block of cells")
     unique: dict[Cell, None] = {}
+    block_cells: dict[str, tuple[Cell, ...]] = {}
     for i, block in enumerate(blocks):
         if not isinstance(block, dict):
             raise KdgridError(f"config key blocks[{i}]: expected a mapping, got {block!r}")
         name, cells = _expand_block(i, block, grid)
-        if name in grid.block_cells:
+        if name in block_cells:
             raise KdgridError(f"config key blocks[{i}].name: {name!r} names two blocks")
-        grid.block_cells[name] = cells
+        block_cells[name] = tuple(cells)
         unique.update(dict.fromkeys(cells))
-    grid.cells = list(unique)
+    grid = dataclasses.replace(grid, cells=tuple(unique), block_cells=block_cells)
     _check_top_k(grid)
     return grid
 
@@ -910,7 +624,7 @@ def expand_grid(config: dict) -> Grid:
 def _check_top_k(grid: Grid) -> None:
     """A cache keeps the top_k largest of a teacher's logits, at the widths of its students: top_k must
     not exceed the narrowest. Known here for tiny models; for hub models `kdgrid teacher-outputs` checks."""
-    from .tiny_models import TINY_SPECS
+    from ..tiny_models import TINY_SPECS
 
     k = int(grid.teacher_cache["top_k"])
     for cache in grid.teacher_outputs:
@@ -923,25 +637,3 @@ def _check_top_k(grid: Grid) -> None:
                 raise KdgridError(f"config key teacher_cache.top_k: {k} is more than the "
                                   f"{TINY_SPECS[narrowest].vocab_size} logits of {narrowest} (cell {c.id})")
 
-
-def _resources_section(config: dict) -> dict:
-    from .resources_plan import DEFAULT_RESOURCES
-
-    return _section(config, "resources", DEFAULT_RESOURCES)
-
-
-def load_config(path: str | os.PathLike) -> dict:
-    import yaml
-
-    try:
-        with open(path, encoding="utf-8") as f:
-            config = yaml.safe_load(f)
-    except FileNotFoundError:
-        raise KdgridError(f"{path}: config file not found") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise KdgridError(f"{path}{where}: not valid YAML ({e})") from None
-    if not isinstance(config, dict):
-        raise KdgridError(f"{path}: expected a mapping of config keys")
-    return config

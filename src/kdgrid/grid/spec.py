@@ -1,0 +1,227 @@
+"""What a config describes: its vocabularies and defaults, the model and family specs, and the parsing
+of the config's sections (each error names the key at fault)."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+
+from ..errors import KdgridError, unknown
+from ..hub import COMMIT_REGEX
+from ..tasks import tasks_of
+from .layout import MODEL_NAME_REGEX
+
+METHODS = ("fkl", "rkl", "gkd", "skew_kl", "tvd", "seqkd")
+OFF_POLICY_METHODS = ("fkl", "rkl", "skew_kl", "tvd")  # plus gkd with lmbda = 0
+TEACHER_KINDS = ("sft", "base")
+SOURCES = ("synthetic", "llm-adapters")
+FAMILIES = ("math", "commonsense")
+
+DEFAULT_TRAINING = {
+    "finetune": "lora",
+    "lora_r": 8,
+    "lora_alpha": 16,
+    "lora_dropout": 0.05,
+    "lora_targets": ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"],
+    "lr": 3e-4,
+    "micro_batch_size": 4,
+    "grad_accum": 4,
+    "warmup_steps": 100,
+    "cutoff": 256,
+    "epochs": 4,
+    "max_steps": -1,
+    "token_scope": "all",
+    "precision": "auto",
+    "save_steps": 200,
+}
+DEFAULT_KD = {
+    "beta": 0.5,
+    "lmbda": 0.5,
+    "skew": 0.1,
+    "kd_weight": 1.0,
+    "gkd_max_new_tokens": 128,
+    "seqkd_max_new_tokens": 256,
+}
+# The KD settings each method reads; a cell's command gets only these, so that changing, say, `skew`
+# re-runs the skew_kl cells and nothing else.
+KD_KEYS_OF_METHOD = {
+    "fkl": ("kd_weight",),
+    "rkl": ("kd_weight",),
+    "tvd": ("kd_weight",),
+    "skew_kl": ("skew", "kd_weight"),
+    "gkd": ("beta", "lmbda", "gkd_max_new_tokens", "kd_weight"),
+    "seqkd": (),
+}
+DEFAULT_EVALUATION = {"max_new_tokens": 256, "batch_size": 16, "sampling": False, "seed": 1234, "limit": None}
+DEFAULT_COMPARE = {"embedding_model": "none"}
+# The cache: top_k ids per token plus tail_samples ids drawn from the teacher's rest (docs/teacher_cache.md).
+# Cells up to max_temperature may read it; each measures it against its teacher on its first step and
+# reads it only if its loss error is within max_loss_error (per method), else runs the teacher online.
+DEFAULT_TEACHER_CACHE = {"enabled": True, "top_k": 64, "tail_samples": 64, "max_temperature": 1.0,
+                         "max_loss_error": None}
+CACHE_WIDTHS_ESTIMATE = 4  # rest normalisers per token: Qwen2.5's widths 151680-152064 (teacher_cache.default_widths)
+DEFAULT_MAX_LOSS_ERROR = {"fkl": 0.005, "skew_kl": 0.005, "tvd": 0.005, "gkd": 0.005, "rkl": 0.02}
+FAMILY_KEYS = ("tasks", "data", "training", "approx_train_examples", "approx_test_examples")
+DEFAULT_DISK = {"keep_checkpoints": False}  # a training job's checkpoints/ once its model is published
+DEFAULT_DATA = {"source": "llm-adapters", "local": None, "seed": 0, "n_train": None, "n_test": None, "limit_test": None,
+                "verify": True}
+
+
+
+def unknown_at(where: str, kind: str, name, known) -> KdgridError:
+    return KdgridError(f"config key {where}: {unknown(kind, name, known)}")
+
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    size_b: float
+    hub_id: str | None = None
+    path: str | None = None  # a local mirror of the hub model (air-gapped clusters)
+    tiny: bool = False
+    revision: str | None = None  # a hub model's pinned commit (None: locked at its first fetch)
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    name: str
+    tasks: tuple[str, ...]
+    data: dict
+    training: dict
+    approx_train_examples: int
+    approx_test_examples: int
+
+    def examples_seen(self) -> int:
+        """Training examples one run goes through (epochs x train set, or max_steps x batch)."""
+        t = self.training
+        seen = round(self.approx_train_examples * t["epochs"])
+        if t["max_steps"] > 0:
+            seen = min(seen, t["max_steps"] * t["micro_batch_size"] * t["grad_accum"])
+        return seen
+
+    def check_examples(self) -> int:
+        """Examples of a cell's first optimizer step, where a cell that may read the cache checks it
+        against its online teacher."""
+        return min(self.examples_seen(), self.training["micro_batch_size"] * self.training["grad_accum"])
+
+
+
+def section(config: dict, key: str, defaults: dict, where: str = "") -> dict:
+    given = config.get(key) or {}
+    if not isinstance(given, dict):
+        raise KdgridError(f"config key {where}{key}: expected a mapping, got {given!r}")
+    for name in given:
+        if name not in defaults:
+            raise unknown_at(f"{where}{key}", "setting", name, defaults)
+    return {**defaults, **given}
+
+
+def parse_models(config: dict) -> dict[str, ModelSpec]:
+    models = {}
+    for name, spec in (config.get("models") or {}).items():
+        if not re.fullmatch(MODEL_NAME_REGEX, str(name)):
+            raise KdgridError(f"config key models.{name}: a model name may hold letters, digits, '.', '-' and "
+                              "single '_' ('__' separates teacher and student in result paths)")
+        spec = spec or {}
+        if "size_b" not in spec:
+            raise KdgridError(f"config key models.{name}.size_b is missing (the size in billions of parameters)")
+        tiny = bool(spec.get("tiny", False))
+        if not tiny and not (spec.get("hub_id") or spec.get("path")):
+            raise KdgridError(f"config key models.{name}: give a hub_id (or a local path), or tiny: true")
+        revision = spec.get("revision")
+        if revision is not None and (tiny or spec.get("path") or not re.fullmatch(COMMIT_REGEX, str(revision))):
+            raise KdgridError(f"config key models.{name}.revision: {revision!r}: a hub model's revision is a commit "
+                              "(40 hex digits); tiny and path: models have none")
+        models[name] = ModelSpec(name, float(spec["size_b"]), spec.get("hub_id"), spec.get("path"), tiny, revision)
+    if not models:
+        raise KdgridError("config key 'models' is empty: list the teachers and students with their sizes")
+    return models
+
+
+def parse_families(config: dict) -> dict[str, FamilySpec]:
+    families = {}
+    for name, spec in (config.get("families") or {}).items():
+        if name not in FAMILIES:
+            raise unknown_at("families", "family", name, FAMILIES)
+        spec = spec or {}
+        where = f"families.{name}."
+        for key in spec:
+            if key not in FAMILY_KEYS:
+                raise unknown_at(f"families.{name}", "key", key, FAMILY_KEYS)
+        data = section(spec, "data", DEFAULT_DATA, where)
+        if data["source"] not in SOURCES:
+            raise KdgridError(f"config key {where}data.source: {data['source']!r} is not one of {', '.join(SOURCES)}")
+        if data["verify"] is False and (data["source"] != "llm-adapters" or not data["local"]):
+            raise KdgridError(f"config key {where}data.verify: false declares a local LLM-Adapters folder "
+                              f"unverified; it needs data.source llm-adapters and data.local (downloads at the "
+                              f"pinned commit are always verified)")
+        training = section(spec, "training", DEFAULT_TRAINING, where)
+        tasks = tuple(as_list(spec.get("tasks"), f"{where}tasks"))
+        if not tasks:
+            raise KdgridError(f"config key {where}tasks is empty: list the family's test tasks")
+        family_tasks = [t.name for t in tasks_of(name)]
+        for task in tasks:
+            if task not in family_tasks:
+                raise unknown_at(f"{where}tasks", "task", task, family_tasks)
+        approx_train = data["n_train"] or spec.get("approx_train_examples")
+        if not approx_train:
+            raise KdgridError(f"config key {where}approx_train_examples is missing: give data.n_train or the "
+                              "approximate size of the training set (used for runtimes and teacher costs)")
+        if data["n_test"]:
+            approx_test = len(tasks) * data["n_test"]
+        else:
+            approx_test = spec.get("approx_test_examples") or 1000 * len(tasks)
+        if data["limit_test"]:
+            approx_test = min(approx_test, len(tasks) * data["limit_test"])
+        families[name] = FamilySpec(name, tasks, data, training, int(approx_train), int(approx_test))
+    if not families:
+        raise KdgridError("config key 'families' is empty")
+    return families
+
+
+def as_list(value, key: str) -> list:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    raise KdgridError(f"config key {key}: expected a list, got {value!r}")
+
+
+def reject_non_finite(value, where: str = "") -> None:
+    """A NaN or infinite number anywhere in the config is an error naming its key (YAML's .nan and .inf
+    pass the schema's bounds: every comparison with NaN is false)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise KdgridError(f"config key {where or '(top level)'}: {value} is not a finite number")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            reject_non_finite(item, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            reject_non_finite(item, f"{where}[{i}]")
+
+
+
+def resources_section(config: dict) -> dict:
+    from ..resources_plan import DEFAULT_RESOURCES
+
+    return section(config, "resources", DEFAULT_RESOURCES)
+
+
+def load_config(path: str | os.PathLike) -> dict:
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise KdgridError(f"{path}: config file not found") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise KdgridError(f"{path}{where}: not valid YAML ({e})") from None
+    if not isinstance(config, dict):
+        raise KdgridError(f"{path}: expected a mapping of config keys")
+    return config
