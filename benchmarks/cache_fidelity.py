@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     from kdgrid.io import write_json
     from kdgrid.losses import kd_loss
     from kdgrid.teacher_cache import compute_teacher_outputs
-    from kdgrid.training.data import Collator, tokenize_records
+    from kdgrid.training.batches import Collator, tokenize_records
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     started = time.perf_counter()

@@ -100,7 +100,7 @@ def matmul_params(model) -> int:
 
 
 def random_examples(n: int, seq: int, vocab: int, seed: int = 0) -> list[dict]:
-    """Tokenised examples as `kdgrid.training.data.tokenize_records` makes them, with random ids."""
+    """Tokenised examples as `kdgrid.training.batches.tokenize_records` makes them, with random ids."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
@@ -315,7 +315,7 @@ def run(args) -> dict:
         }
         trainers = {name: make_trainer(cfg, students[name], workdir, precision, teacher=teacher, examples=examples)
                     for name, cfg in configs.items()}
-        from kdgrid.training.data import Collator, ExampleDataset
+        from kdgrid.training.batches import Collator, ExampleDataset
 
         batch = Collator(pad_token_id=0)([ExampleDataset(examples)[i] for i in range(len(examples))])
 

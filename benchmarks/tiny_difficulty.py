@@ -88,8 +88,8 @@ def main(argv=None) -> int:
 def measure(args) -> int:
     from kdgrid import tiny_models
     from kdgrid.cli import main as kdgrid
-    from kdgrid.data import prepare_family
     from kdgrid.errors import KdgridError, unknown
+    from kdgrid.family_data import prepare_family
     from kdgrid.grid import expand_grid, load_config
     from kdgrid.io import write_json
     from kdgrid.records import load_records

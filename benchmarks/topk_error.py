@@ -37,7 +37,7 @@ def sft(model, examples, steps: int, batch_size: int, lr: float, seed: int, pad_
     """A few plain cross-entropy steps, to give a randomly initialised tiny model peaked outputs."""
     import torch
 
-    from kdgrid.training.data import Collator
+    from kdgrid.training.batches import Collator
 
     collate = Collator(pad_token_id=pad_token_id)
     optimiser = torch.optim.AdamW(model.parameters(), lr=lr)
@@ -59,7 +59,7 @@ def measure(student, teacher, eval_examples, student_label: str, pad_token_id: i
 
     from kdgrid.losses import kd_loss
     from kdgrid.teacher_cache import TeacherCache, compute_teacher_outputs
-    from kdgrid.training.data import Collator
+    from kdgrid.training.batches import Collator
 
     batch = Collator(pad_token_id=pad_token_id)([{**e, "index": i} for i, e in enumerate(eval_examples)])
     mask = batch["kd_mask"].float()
@@ -122,7 +122,7 @@ def main(argv=None) -> int:
     from kdgrid.synthetic import generate_family
     from kdgrid.tiny_models import build_tiny_model
     from kdgrid.tokenizer import build_tokenizer
-    from kdgrid.training.data import tokenize_records
+    from kdgrid.training.batches import tokenize_records
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     torch.manual_seed(0)

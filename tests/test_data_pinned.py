@@ -11,8 +11,8 @@ import pytest
 
 from kdgrid import realdata
 from kdgrid.cli import main
-from kdgrid.data import prepare_family, read_data_verified
 from kdgrid.errors import KdgridError
+from kdgrid.family_data import prepare_family, read_data_verified
 from kdgrid.grid import expand_grid, load_config
 from kdgrid.tasks import tasks_of
 

@@ -8,10 +8,10 @@ import pytest
 from kdgrid import answers
 from kdgrid.cli import main
 from kdgrid.errors import KdgridError
-from kdgrid.evaluation.compare import compare
 from kdgrid.evaluation.lmeval_tasks import GenerationSettings, write_task_configs
 from kdgrid.evaluation.meta import parse_meta
 from kdgrid.evaluation.runner import evaluate
+from kdgrid.evaluation.student_vs_teacher import compare
 from kdgrid.io import read_json, read_jsonl
 from kdgrid.prompt import build_prompt
 from kdgrid.synthetic import generate_family

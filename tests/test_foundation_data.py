@@ -9,8 +9,8 @@ import pytest
 
 from kdgrid import realdata
 from kdgrid.answers import is_correct
-from kdgrid.data import prepare_family
 from kdgrid.errors import KdgridError
+from kdgrid.family_data import prepare_family
 from kdgrid.records import load_records
 from kdgrid.synthetic import FAMILY_TASKS, generate_family
 from kdgrid.tasks import get_task, tasks_of

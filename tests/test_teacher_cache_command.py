@@ -10,7 +10,7 @@ from kdgrid.synthetic import generate_family
 from kdgrid.teacher_cache import TeacherCache
 from kdgrid.tiny_models import materialise
 from kdgrid.tokenizer import build_tokenizer
-from kdgrid.training.data import tokenize_records, tokenizer_fingerprint
+from kdgrid.training.batches import tokenize_records, tokenizer_fingerprint
 
 torch.set_num_threads(1)
 

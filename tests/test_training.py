@@ -95,7 +95,7 @@ def test_tokenize_records_masks_order_and_cache(world, tmp_path, monkeypatch):
     from transformers import AutoTokenizer
 
     from kdgrid.prompt import build_prompt
-    from kdgrid.training.data import Collator, ExampleDataset, load_tokenized, tokenize_records
+    from kdgrid.training.batches import Collator, ExampleDataset, load_tokenized, tokenize_records
 
     tokenizer = AutoTokenizer.from_pretrained(world / "tiny-xs")
     records = json.loads((world / "train.json").read_text())[:5]
@@ -219,7 +219,7 @@ def test_student_sft_loss_falls_and_model_loads(world, finetune):
 def test_examples_truncated_at_the_cutoff_are_counted_in_the_log(world, capsys):
     from transformers import AutoTokenizer
 
-    from kdgrid.training.data import tokenize_records
+    from kdgrid.training.batches import tokenize_records
 
     tokenizer = AutoTokenizer.from_pretrained(world / "tiny-xs")
     lengths = sorted(len(e["input_ids"]) for e in tokenize_records(
@@ -255,8 +255,8 @@ def test_distill_each_method_loss_falls(world, teacher, method):
 def test_gkd_on_policy_batches_are_student_samples(world, teacher):
     from transformers import AutoTokenizer
 
+    from kdgrid.training.batches import Collator, ExampleDataset, tokenize_records
     from kdgrid.training.config import TrainConfig
-    from kdgrid.training.data import Collator, ExampleDataset, tokenize_records
     from kdgrid.training.trainer import KDTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(world / "tiny-xs")

@@ -85,7 +85,7 @@ def tiny(tmp_path_factory):
 
 
 def batch_of(tiny, cutoff):
-    from kdgrid.training.data import Collator, tokenize_records
+    from kdgrid.training.batches import Collator, tokenize_records
 
     examples = tokenize_records(tiny["records"], tiny["tokenizer"], cutoff=cutoff)
     return Collator(tiny["tokenizer"].pad_token_id)([{**e, "index": i} for i, e in enumerate(examples)])
@@ -96,8 +96,8 @@ def one_step_each(tiny, method, beta, batch, name):
     KDTrainer and of TRL's GKDTrainer, from the same student weights on the same batch."""
     from datasets import Dataset
 
+    from kdgrid.training.batches import Collator, ExampleDataset
     from kdgrid.training.config import TrainConfig
-    from kdgrid.training.data import Collator, ExampleDataset
     from kdgrid.training.engine import training_arguments
     from kdgrid.training.trainer import KDTrainer
 

@@ -18,8 +18,8 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import time
 
-    from ..evaluation.compare import compare
     from ..evaluation.meta import parse_meta
+    from ..evaluation.student_vs_teacher import compare
     from ..usage import cost_line
 
     started = time.time()

@@ -27,7 +27,7 @@ def add_arguments(p) -> None:
 
 
 def _list() -> int:
-    from ..data import SOURCES, family_tasks
+    from ..family_data import SOURCES, family_tasks
     from ..realdata import source_pin
     from ..tasks import FAMILIES
 
@@ -43,7 +43,7 @@ def _list() -> int:
 
 
 def _prepare(args) -> int:
-    from ..data import prepare_family, read_data_verified
+    from ..family_data import prepare_family, read_data_verified
     from ..io import read_json
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None

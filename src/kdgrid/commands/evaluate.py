@@ -28,10 +28,10 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import time
 
-    from ..data import read_data_verified
     from ..evaluation.lmeval_tasks import GenerationSettings
     from ..evaluation.meta import parse_meta
     from ..evaluation.runner import evaluate
+    from ..family_data import read_data_verified
     from ..usage import cost_line
 
     started = time.time()

@@ -51,7 +51,7 @@ def run(args) -> int:
     import torch
 
     from ..teacher_cache import compute_teacher_outputs, default_widths
-    from ..training.data import load_tokenized, tokenizer_fingerprint
+    from ..training.batches import load_tokenized, tokenizer_fingerprint
     from ..training.model_io import (
         check_finite_weights,
         load_causal_lm,

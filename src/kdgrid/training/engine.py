@@ -148,10 +148,10 @@ def _train_in_this_process(cfg: TrainConfig, received) -> None:
     import torch
     from transformers import set_seed
 
-    from ..data import read_data_verified
+    from ..family_data import read_data_verified
     from . import model_io
+    from .batches import Collator, ExampleDataset, load_tokenized
     from .callbacks import NonFiniteLossCallback, StepLogCallback, crash_hooks_from_env
-    from .data import Collator, ExampleDataset, load_tokenized
     from .distributed import deepspeed_config
     from .preemption import StopOnSignalCallback, signal_hooks_from_env
     from .trainer import KDTrainer
@@ -308,7 +308,7 @@ def open_teacher_cache(cfg: TrainConfig, examples: list[dict], tokenizer, studen
     import math
 
     from ..teacher_cache import TeacherCache
-    from .data import tokenizer_fingerprint
+    from .batches import tokenizer_fingerprint
 
     cache = TeacherCache.load(cfg.teacher_cache)
     fingerprint = cache.meta.get("tokenizer_fingerprint")

@@ -53,7 +53,7 @@ def load_tokenizer(name_or_path: str):
 def check_tokenizers_agree(student_tokenizer, teacher_tokenizer, student: str, teacher: str) -> None:
     """Refuse a teacher whose tokenizer differs from the student's (vocabulary, merges, special ids):
     token-level KD compares distributions over the same token ids."""
-    from .data import tokenizer_fingerprint
+    from .batches import tokenizer_fingerprint
 
     if tokenizer_fingerprint(student_tokenizer) != tokenizer_fingerprint(teacher_tokenizer):
         raise KdgridError(
