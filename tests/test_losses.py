@@ -1,10 +1,12 @@
-"""kdgrid.losses against straightforward formulas written here, independently of the module."""
+"""kdgrid.losses against straightforward formulas written here (their means over positions in
+tests/loss_references.py), independently of the module."""
 
 import pytest
 import torch
 
 from kdgrid import losses
 from kdgrid.errors import KdgridError
+from loss_references import per_sequence_mean, token_mean
 
 torch.set_num_threads(1)
 
@@ -15,33 +17,18 @@ def ref_probs(logits, temperature):
     return torch.softmax(logits.double() / temperature, -1), torch.log_softmax(logits.double() / temperature, -1)
 
 
-def ref_per_sequence(per_token, mask):
-    mask = mask.double()
-    counts = mask.sum(1)
-    keep = counts > 0
-    if not keep.any():
-        return per_token.sum() * 0.0
-    seq_means = (per_token * mask).sum(1)[keep] / counts[keep]
-    return seq_means.mean()
-
-
-def ref_token_mean(per_token, mask):
-    mask = mask.double()
-    return (per_token * mask).sum() / mask.sum().clamp(min=1)
-
-
 def ref_fkl(s, t, mask, temperature=1.0):
     w = min(s.shape[-1], t.shape[-1])
     _q, log_q = ref_probs(s[..., :w], temperature)
     p, log_p = ref_probs(t[..., :w], temperature)
-    return ref_per_sequence((p * (log_p - log_q)).sum(-1), mask) * temperature**2
+    return per_sequence_mean((p * (log_p - log_q)).sum(-1), mask) * temperature**2
 
 
 def ref_rkl(s, t, mask, temperature=1.0):
     w = min(s.shape[-1], t.shape[-1])
     q, log_q = ref_probs(s[..., :w], temperature)
     _p, log_p = ref_probs(t[..., :w], temperature)
-    return ref_per_sequence((q * (log_q - log_p)).sum(-1), mask) * temperature**2
+    return per_sequence_mean((q * (log_q - log_p)).sum(-1), mask) * temperature**2
 
 
 def ref_gjsd(s, t, mask, beta=0.5, temperature=1.0):
@@ -57,7 +44,7 @@ def ref_gjsd(s, t, mask, beta=0.5, temperature=1.0):
         kl_p = (p * (log_p - m.log())).sum(-1)
         kl_q = (q * (log_q - m.log())).sum(-1)
         per_token = beta * kl_p + (1 - beta) * kl_q
-    return ref_token_mean(per_token, mask) * temperature**2
+    return token_mean(per_token, mask) * temperature**2
 
 
 def ref_skew(s, t, mask, skew=0.1, temperature=1.0):
@@ -65,14 +52,14 @@ def ref_skew(s, t, mask, skew=0.1, temperature=1.0):
     q, _ = ref_probs(s[..., :w], temperature)
     p, log_p = ref_probs(t[..., :w], temperature)
     m = skew * p + (1 - skew) * q
-    return ref_per_sequence((p * (log_p - m.log())).sum(-1), mask) * temperature**2
+    return per_sequence_mean((p * (log_p - m.log())).sum(-1), mask) * temperature**2
 
 
 def ref_tvd(s, t, mask, temperature=1.0):
     w = min(s.shape[-1], t.shape[-1])
     q, _ = ref_probs(s[..., :w], temperature)
     p, _ = ref_probs(t[..., :w], temperature)
-    return ref_per_sequence(0.5 * (p - q).abs().sum(-1), mask) * temperature**2
+    return per_sequence_mean(0.5 * (p - q).abs().sum(-1), mask) * temperature**2
 
 
 CASES = [
@@ -176,7 +163,7 @@ def test_per_sequence_versus_token_mean():
     assert losses.forward_kl(s, t, mask).item() == pytest.approx(sum(per_token) / 2, rel=1e-5)
     assert losses.generalized_jsd(s, t, mask).item() == pytest.approx(ref_gjsd(s, t, mask).item(), rel=1e-5)
     assert losses.generalized_jsd(s, t, mask).item() != pytest.approx(
-        ref_per_sequence(ref_gjsd_terms(s, t), mask).item(), rel=1e-3)
+        per_sequence_mean(ref_gjsd_terms(s, t), mask).item(), rel=1e-3)
 
 
 def ref_gjsd_terms(s, t):

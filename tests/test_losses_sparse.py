@@ -9,26 +9,11 @@ import torch
 
 from kdgrid import losses
 from kdgrid.teacher_cache import SparseTeacher
+from loss_references import SETTINGS, divergence, loss_of, reduced, sparse_from_dense
 
 torch.set_num_threads(1)
 
-METHODS = {
-    "fkl": ("fkl", {}), "rkl": ("rkl", {}), "gkd": ("gkd", {"beta": 0.5}), "gkd_0.3": ("gkd", {"beta": 0.3}),
-    "gkd_0": ("gkd", {"beta": 0.0}), "gkd_1": ("gkd", {"beta": 1.0}), "skew_kl": ("skew_kl", {"skew": 0.1}),
-    "skew_kl_0.5": ("skew_kl", {"skew": 0.5}), "tvd": ("tvd", {}),
-}
-
-
-def loss_of(name, *args, **kw):
-    method, params = METHODS[name]
-    return losses.kd_loss(method, *args, **kw, **params)
-
-
-def kl(a, b):
-    """sum a log(a / b), 0 where a = 0 (and finite gradients there)."""
-    safe_a = torch.where(a > 0, a, 1.0)
-    safe_b = torch.where(a > 0, b, 1.0)
-    return torch.where(a > 0, a * (safe_a.log() - safe_b.log()), 0.0).sum(-1)
+METHODS = list(SETTINGS)
 
 
 def bucket_reference(name, s, teacher: SparseTeacher, mask):
@@ -45,27 +30,7 @@ def bucket_reference(name, s, teacher: SparseTeacher, mask):
                                 teacher.rest_lse.double()[..., None]], -1)
     p = torch.softmax(teacher_logits, -1)
     q_b = torch.cat([q_top, q_rest], -1)
-    method, params = METHODS[name]
-    if method == "fkl":
-        per_token = kl(p, q_b)
-    elif method == "rkl":
-        per_token = kl(q_b, p)
-    elif method == "tvd":
-        per_token = 0.5 * (p - q_b).abs().sum(-1)
-    elif method == "skew_kl":
-        per_token = kl(p, params["skew"] * p + (1 - params["skew"]) * q_b)
-    else:
-        beta = params["beta"]  # the GKD paper's JSD(beta); forward / reverse KL at its ends
-        m = beta * p + (1 - beta) * q_b
-        per_token = {0.0: kl(p, q_b), 1.0: kl(q_b, p)}.get(beta, beta * kl(p, m) + (1 - beta) * kl(q_b, m))
-    mask = mask.double()
-    if method == "gkd":
-        value = (per_token * mask).sum() / mask.sum()
-    else:
-        counts = mask.sum(1)
-        keep = counts > 0
-        value = ((per_token * mask).sum(1)[keep] / counts[keep]).mean()
-    return value * tau**2
+    return reduced(name, divergence(name, p, q_b), mask, tau)
 
 
 def make_case(k=4, width=10, student_vocab=12, batch=3, seq=5, temperature=1.0, seed=0, invalid=True):
@@ -74,11 +39,7 @@ def make_case(k=4, width=10, student_vocab=12, batch=3, seq=5, temperature=1.0, 
     teacher_full = torch.randn(batch, seq, width + 3, generator=g) * 3  # 3 padding rows past the width
     if not invalid:
         teacher_full[..., width:] = -1e4
-    values, ids = teacher_full.topk(k, -1)
-    scaled = teacher_full[..., :width] / temperature
-    in_top = torch.zeros_like(teacher_full, dtype=torch.bool).scatter(-1, ids, True)[..., :width]
-    rest_lse = scaled.masked_fill(in_top, -math.inf).logsumexp(-1)
-    teacher = SparseTeacher(values, ids, scaled.logsumexp(-1), rest_lse, temperature, width)
+    teacher = sparse_from_dense(teacher_full, k, temperature, width)
     s = torch.randn(batch, seq, student_vocab, generator=g) * 3
     mask = (torch.rand(batch, seq, generator=g) > 0.3).float()
     mask[0, 0] = 1

@@ -8,28 +8,12 @@ import torch
 
 from kdgrid import losses, teacher_cache
 from kdgrid.errors import KdgridError
-from kdgrid.teacher_cache import SparseTeacher, TeacherCache, compute_teacher_outputs
+from kdgrid.teacher_cache import TeacherCache, compute_teacher_outputs
+from loss_references import divergence, loss_of, reduced, sparse_from_dense
 
 torch.set_num_threads(1)
 
-METHODS = {
-    "fkl": {}, "rkl": {}, "gkd": {"beta": 0.5}, "gkd_beta0.3": {"beta": 0.3}, "skew_kl": {"skew": 0.1}, "tvd": {},
-}
-
-
-def loss_of(name, *args, **kw):
-    return losses.kd_loss(name.split("_beta")[0], *args, **kw, **METHODS[name])
-
-
-def sparse_from_dense(teacher_logits, k, temperature, width=None):
-    """An independent SparseTeacher built from dense logits (no cache involved)."""
-    width = width or teacher_logits.shape[-1]
-    rows = teacher_logits.double()
-    values, ids = rows.topk(k, -1)
-    scaled = rows[..., :width] / temperature
-    in_top = torch.zeros_like(rows, dtype=torch.bool).scatter(-1, ids, True)[..., :width]
-    rest = scaled.masked_fill(in_top, -math.inf).logsumexp(-1)
-    return SparseTeacher(values.float(), ids, scaled.logsumexp(-1).float(), rest.float(), temperature, width)
+METHODS = ["fkl", "rkl", "gkd", "gkd_0.3", "skew_kl", "tvd"]
 
 
 def collapsed_reference(name, s, t, ids, mask, temperature):
@@ -39,31 +23,7 @@ def collapsed_reference(name, s, t, ids, mask, temperature):
     q_top, p_top = q.gather(-1, ids), p.gather(-1, ids)
     q_b = torch.cat([q_top, (1 - q_top.sum(-1, keepdim=True)).clamp(min=0)], -1)
     p_b = torch.cat([p_top, (1 - p_top.sum(-1, keepdim=True)).clamp(min=0)], -1)
-
-    def kl(a, b):
-        return torch.where(a > 0, a * (a.clamp(min=1e-300).log() - b.clamp(min=1e-300).log()), 0.0).sum(-1)
-
-    base = name.split("_beta")[0]
-    if base == "fkl":
-        per_token = kl(p_b, q_b)
-    elif base == "rkl":
-        per_token = kl(q_b, p_b)
-    elif base == "tvd":
-        per_token = 0.5 * (p_b - q_b).abs().sum(-1)
-    elif base == "skew_kl":
-        per_token = kl(p_b, 0.1 * p_b + 0.9 * q_b)
-    else:
-        beta = METHODS[name]["beta"]
-        m = beta * p_b + (1 - beta) * q_b  # the GKD paper's JSD(beta)
-        per_token = beta * kl(p_b, m) + (1 - beta) * kl(q_b, m)
-    mask = mask.double()
-    if base == "gkd":
-        value = (per_token * mask).sum() / mask.sum()
-    else:
-        counts = mask.sum(1)
-        keep = counts > 0
-        value = ((per_token * mask).sum(1)[keep] / counts[keep]).mean()
-    return value * temperature**2
+    return reduced(name, divergence(name, p_b, q_b), mask, temperature)
 
 
 def make_inputs(batch=2, seq=6, vocab=12, seed=0, scale=2.0, peak=0.0):
