@@ -67,13 +67,11 @@ def test_study_loss_is_the_plain_forward_kl():
         forward_kl(student, teacher, full, temperature=2.0).item(), rel=1e-5)
 
 
-def test_run_all_grid_cost_matches_the_grid(tmp_path):
-    from kdgrid.grid import expand_grid, load_config
-
+def test_run_all_grid_cost_matches_the_grid(tmp_path, paper):
     run_all = load_script("run_all")
     assert run_all.main(["--only", "grid_cost", "--out-dir", str(tmp_path)]) == 0
     cost = json.loads((tmp_path / "grid_cost.json").read_text())
-    expected = expand_grid(load_config(ROOT / "config.yaml")).teacher_cost()
+    expected = paper.teacher_cost()
     assert {k: cost[k] for k in expected} == expected
     assert cost["ratio"] == pytest.approx(expected["without_cache"] / expected["with_cache"])
     summary = json.loads((tmp_path / "run_all.json").read_text())

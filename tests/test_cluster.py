@@ -23,7 +23,6 @@ from kdgrid.cluster import (
     workflow_requests,
 )
 from kdgrid.errors import KdgridError
-from kdgrid.grid import expand_grid, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -114,12 +113,12 @@ def test_no_accounting_skips_the_account_check_and_squeue_needs_min_job_age():
     assert len(found) == 1 and "MinJobAge=60 s" in found[0] and "slurm-status-command: sacct" in found[0]
 
 
-def test_the_grids_largest_job_comes_from_the_resources_plan():
+def test_the_grids_largest_job_comes_from_the_resources_plan(paper):
     profile = read_profile(ROOT / "profiles" / "slurm")
     assert profile.default_resources["slurm_partition"] == "gpu"
     assert profile.default_resources["slurm_extra"] == "--signal=TERM@300"
     assert profile.status_command == "squeue"
-    jobs = grid_requests(expand_grid(load_config(ROOT / "config.yaml")), profile)
+    jobs = grid_requests(paper, profile)
     assert {j.rule for j in jobs} == {"sft", "distill", "evaluate", "teacher_outputs", "compare"}
     biggest = max(jobs, key=lambda j: j.gpus)
     assert biggest.gpus == 2 and biggest.cpus == 16  # a 14B teacher: 2 x 40 GB GPUs, 8 CPUs per GPU
@@ -185,14 +184,14 @@ class PluginJob:
         self.threads = threads
 
 
-def test_the_sbatch_line_of_a_multi_gpu_job_keeps_its_gpus_on_one_node():
+def test_the_sbatch_line_of_a_multi_gpu_job_keeps_its_gpus_on_one_node(paper):
     """snakemake-executor-plugin-slurm's own sbatch builder, given the profile's default-resources and the
     plan of the paper grid's largest job (2 GPUs, ZeRO-3)."""
     submit_string = pytest.importorskip("snakemake_executor_plugin_slurm.submit_string")
     from snakemake_executor_plugin_slurm.utils import set_gres_string
 
     profile = read_profile(ROOT / "profiles" / "slurm")
-    grid = expand_grid(load_config(ROOT / "config.yaml"))
+    grid = paper
     cell = max(grid.cells, key=lambda c: grid.resources_distill(c).gpu)
     plan = grid.resources_distill(cell)
     job = PluginJob({**profile.default_resources, **plan.as_dict()}, plan.threads)

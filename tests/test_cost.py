@@ -22,8 +22,6 @@ from kdgrid.errors import KdgridError
 from kdgrid.grid import expand_grid, load_config
 from workflow_support import ROOT
 
-PAPER = load_config(ROOT / "config.yaml")
-TINY = load_config(ROOT / "config/tiny.yaml")
 CI = load_config(ROOT / "config/tiny-ci.yaml")
 
 
@@ -31,8 +29,8 @@ def estimate(grid, rule, job):
     return next(j for j in job_estimates(grid) if (j.rule, j.job) == (rule, job))
 
 
-def test_a_cached_lora_cell_by_hand():
-    grid = expand_grid(PAPER)
+def test_a_cached_lora_cell_by_hand(paper):
+    grid = paper
     job = estimate(grid, "distill", "math/Qwen2.5-7B__Qwen2.5-0.5B/fkl/t1/sft-teacher/seed42")
     # 9919 examples x 4 epochs x 256 tokens; LoRA: 4 x 0.5e9 FLOPs per token; the cache replaces the teacher
     tokens = 9919 * 4 * 256
@@ -42,8 +40,8 @@ def test_a_cached_lora_cell_by_hand():
     assert job.disk_bytes == pytest.approx(0.5e9 * 2)  # the merged bf16 model
 
 
-def test_an_on_policy_gkd_cell_with_its_online_teacher_by_hand():
-    grid = expand_grid(PAPER)
+def test_an_on_policy_gkd_cell_with_its_online_teacher_by_hand(paper):
+    grid = paper
     cell = "math/Qwen2.5-7B__Qwen2.5-0.5B/gkd/t1/sft-teacher/seed42"
     job = estimate(grid, "distill", cell)
     tokens = 9919 * 4 * 256
@@ -54,8 +52,8 @@ def test_an_on_policy_gkd_cell_with_its_online_teacher_by_hand():
     assert grid.resources_distill(grid.cells_by_id[cell]).runtime == math.ceil(2 * (compute + decode) / 60) + 10
 
 
-def test_a_tiny_cpu_cell_by_hand():
-    grid = expand_grid(TINY)
+def test_a_tiny_cpu_cell_by_hand(tiny):
+    grid = tiny
     job = estimate(grid, "distill", "math/tiny-m__tiny-xs/fkl/t1/sft-teacher/seed1")
     flops = 6 * 49_440 * (600 * 6 * 128)  # full fine-tuning of tiny-xs over 6 epochs of 600 examples x 128
     assert job.gpus == 0 and job.work.flops == pytest.approx(flops)
@@ -63,8 +61,8 @@ def test_a_tiny_cpu_cell_by_hand():
     assert job.transient_bytes == pytest.approx(49_440 * 12)  # fp32 weights + Adam states in checkpoints/
 
 
-def test_the_rules_add_up_and_the_cache_saves_teacher_time():
-    grid = expand_grid(PAPER)
+def test_the_rules_add_up_and_the_cache_saves_teacher_time(paper):
+    grid = paper
     jobs = job_estimates(grid)
     rules = {r.rule: r for r in per_rule(jobs)}
     assert {rule: r.jobs for rule, r in rules.items()} == {"sft": 16, "distill": 119, "teacher_outputs": 12, "evaluate": 151}
@@ -74,23 +72,23 @@ def test_the_rules_add_up_and_the_cache_saves_teacher_time():
     assert sum(j.device_s for j in plain) > sum(j.device_s for j in jobs)
 
 
-def test_grid_cost_prints_gpu_hours_for_the_paper_grid_and_core_seconds_for_the_tiny_one(capsys, tmp_path):
+def test_grid_cost_prints_gpu_hours_for_the_paper_grid_and_core_seconds_for_the_tiny_one(capsys, tmp_path, paper, tiny):
     assert main(["grid", "cost", "--config", str(ROOT / "config.yaml")]) == 0
     out = capsys.readouterr().out
     for text in ("GPU-hours", "100 sustained TFLOP/s", "4 N D (LoRA)", "distill", "evaluate", "total",
                  "teacher-output cache:", "saves", "disk (estimated):", "per KD cell"):
         assert text in out, text
     total = next(line for line in out.splitlines() if line.strip().startswith("total"))
-    hours = sum(j.device_s for j in job_estimates(expand_grid(PAPER))) / 3600
+    hours = sum(j.device_s for j in job_estimates(paper)) / 3600
     assert f"{hours:,.2f}" in total
     assert main(["grid", "cost", "--config", str(ROOT / "config/tiny.yaml")]) == 0
     out = capsys.readouterr().out
     assert "CPU core-seconds" in out and "GPU-hours" not in out and "teacher_responses" in out
-    assert "estimated cost of this grid" in summary_line(expand_grid(TINY))
+    assert "estimated cost of this grid" in summary_line(tiny)
 
 
-def test_a_disabled_cache_says_what_enabling_it_would_cost():
-    config = json.loads(json.dumps(PAPER))
+def test_a_disabled_cache_says_what_enabling_it_would_cost(paper_config):
+    config = paper_config
     config["teacher_cache"]["enabled"] = False
     text = report(expand_grid(config))
     assert "disabled in this config; enabling it would cost" in text

@@ -165,8 +165,8 @@ def test_verify_false_needs_a_local_folder():
         expand_grid(paper_with_data(verify=False))
 
 
-def test_the_pinned_ids_decide_re_runs_of_prepare_data(tmp_path):
-    grid = expand_grid(load_config(ROOT / "config.yaml"))
+def test_the_pinned_ids_decide_re_runs_of_prepare_data(tmp_path, paper):
+    grid = paper
     ids = grid.data_source_ids("math")
     assert ids[realdata.train_path("math")] == realdata.pinned_blob(realdata.train_path("math"))["git_blob"]
     assert set(ids) == {realdata.train_path("math")} | {realdata.test_path(t) for t in grid.families["math"].tasks}

@@ -16,21 +16,6 @@ from kdgrid.grid import METHODS, expand_grid, load_config
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def paper_config():
-    return load_config(ROOT / "config.yaml")
-
-
-@pytest.fixture(scope="module")
-def paper(paper_config):
-    return expand_grid(paper_config)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return expand_grid(load_config(ROOT / "config" / "tiny.yaml"))
-
-
 def with_changes(config, change):
     config = copy.deepcopy(config)
     change(config)

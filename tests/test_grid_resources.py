@@ -15,11 +15,6 @@ LORA = DEFAULT_TRAINING
 FULL = {**DEFAULT_TRAINING, "finetune": "full"}
 
 
-@pytest.fixture(scope="module")
-def paper():
-    return expand_grid(load_config(ROOT / "config.yaml"))
-
-
 def test_small_lora_student_gets_one_gpu_without_zero():
     plan = plan_training(GPU, LORA, student_b=0.5, teacher_b=0, examples_seen=40_000)
     assert (plan.gpu, plan.nproc, plan.zero_stage) == (1, 1, 0)

@@ -14,12 +14,11 @@ import pytest
 from hub_stand_in import HubStandIn
 from kdgrid.grid import load_config
 from kdgrid.hub import LOCK_NAME
-from workflow_support import ROOT, copy_workflow, job_table, snakemake, write_config
+from workflow_support import JOINS, ROOT, copy_workflow, job_table, snakemake, write_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # make test-e2e runs it, not make test
 
 STUDENT, TEACHER = "newlab/student-x", "newlab/teacher-y"
-JOINS = {"aggregate": 1, "stats": 1, "plots": 1, "all": 1}
 
 
 def hub_config(workdir):

@@ -1,14 +1,13 @@
 """The Snakemake workflow without running a job: the paper grid's dry run (job counts, speed), the
 tiny profile's config, config errors that name their key and value, and a clean lint."""
 
-import copy
 import re
 import time
 from pathlib import Path
 
 import pytest
 
-from kdgrid.grid import expand_grid, load_config
+from kdgrid.grid import load_config
 from workflow_support import ROOT, copy_workflow, job_table, snakemake, write_config
 
 
@@ -51,8 +50,8 @@ def _planned_jobs(output):
     return jobs
 
 
-def test_every_job_that_loads_a_hub_model_takes_its_fetched_folder(workdir):
-    grid = expand_grid(_paper_config())
+def test_every_job_that_loads_a_hub_model_takes_its_fetched_folder(workdir, paper):
+    grid = paper
     run = snakemake(workdir, "-n")
     assert run.returncode == 0, run.stderr[-3000:]
     jobs = _planned_jobs(run.stdout)
@@ -98,10 +97,6 @@ def test_every_job_that_loads_a_hub_model_takes_its_fetched_folder(workdir):
                                               + len(base_teacher_caches) + len(base_evaluations))
 
 
-def _paper_config():
-    return load_config(ROOT / "config.yaml")
-
-
 def _set(path, value):
     def change(config):
         node = config
@@ -115,8 +110,8 @@ def _set(path, value):
     (_set(["families", "math", "training", "lr"], "fast"), ["'fast'", "['math']['training']['lr']"]),
     (_set(["pairs", "Qwen2.5-3B"], ["Qwen2.5-0.5b"]), ["pairs.Qwen2.5-3B", "'Qwen2.5-0.5b'", "Qwen2.5-0.5B"]),
 ])
-def test_snakemake_refuses_a_bad_config_naming_the_key_and_the_value(workdir, change, named):
-    config = copy.deepcopy(_paper_config())
+def test_snakemake_refuses_a_bad_config_naming_the_key_and_the_value(workdir, change, named, paper_config):
+    config = paper_config
     change(config)
     broken = write_config(workdir / "broken.yaml", config)
     run = snakemake(workdir, "-n", "--configfile", str(broken))
@@ -134,11 +129,11 @@ def test_snakemake_refuses_a_bad_config_naming_the_key_and_the_value(workdir, ch
     (_set(["teacher_cache", "top_k"], 0), ["0", "['teacher_cache']['top_k']"]),
     (_set(["blocks", 1, "temperatures"], [0]), ["0", "['blocks'][1]['temperatures'][0]"]),
 ])
-def test_schema_errors_name_the_key_and_the_value(change, named):
+def test_schema_errors_name_the_key_and_the_value(change, named, paper_config):
     from snakemake.exceptions import WorkflowError
     from snakemake.utils import validate
 
-    config = copy.deepcopy(_paper_config())
+    config = paper_config
     change(config)
     with pytest.raises(WorkflowError) as e:
         validate(config, str(ROOT / "workflow/schemas/config.schema.yaml"))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from kdgrid.grid import load_config
-from workflow_support import copy_workflow, job_table, scheduled_jobs, snakemake, write_config
+from workflow_support import JOINS, copy_workflow, planned_jobs, snakemake, write_config
 
 COMMANDS = ("models", "data", "train", "teacher_outputs", "evaluate", "compare", "aggregate", "stats", "plots")
 MISSING = [c for c in COMMANDS if importlib.util.find_spec(f"kdgrid.commands.{c}") is None]
@@ -17,8 +17,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(bool(MISSING), reason=f"kdgrid commands not written yet: {', '.join(MISSING)}"),
 ]
-
-JOINS = {"aggregate": 1, "stats": 1, "plots": 1, "all": 1}
 
 
 @pytest.fixture(scope="module")
@@ -35,11 +33,7 @@ def dry_run(workdir: Path, change=None) -> tuple[Counter, list]:
     config = copy.deepcopy(load_config(workdir / "config/tiny-ci.yaml"))
     if change:
         change(config)
-    path = write_config(workdir / "changed.yaml", config)
-    run = snakemake(workdir, "-n", "--configfile", str(path))
-    assert run.returncode == 0, run.stderr[-5000:]
-    out = run.stdout + run.stderr
-    return job_table(out), scheduled_jobs(out)
+    return planned_jobs(workdir, write_config(workdir / "changed.yaml", config))
 
 
 def test_a_second_run_with_no_change_does_nothing(finished):

@@ -14,6 +14,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW_FILES = ("Snakefile", "workflow", "config.yaml", "config", "profiles", "envs")
+JOINS = {"aggregate": 1, "stats": 1, "plots": 1, "all": 1}  # the jobs every change to a result re-runs
 
 
 def copy_workflow(dest: Path) -> Path:
@@ -68,3 +69,11 @@ def scheduled_jobs(output: str) -> list[tuple[str, list[str]]]:
         elif rule and line.strip().startswith("output:"):
             jobs[-1][1].extend(p.strip() for p in line.strip()[len("output:"):].split(","))
     return jobs
+
+
+def planned_jobs(workdir: Path, configfile: str | Path) -> tuple[Counter, list[tuple[str, list[str]]]]:
+    """The job table and the scheduled jobs of `snakemake -n --configfile CONFIGFILE` in `workdir`."""
+    run = snakemake(workdir, "-n", "--configfile", str(configfile))
+    assert run.returncode == 0, run.stderr[-5000:]
+    out = run.stdout + run.stderr
+    return job_table(out), scheduled_jobs(out)
