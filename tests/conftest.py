@@ -1,12 +1,9 @@
 """Fixtures the test modules share: the repository's grids, config.yaml (the paper's) and config/tiny.yaml."""
 
-from pathlib import Path
-
 import pytest
 
 from kdgrid.grid import expand_grid, load_config
-
-ROOT = Path(__file__).resolve().parents[1]
+from workflow_support import ROOT
 
 
 @pytest.fixture
