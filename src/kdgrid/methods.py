@@ -63,6 +63,10 @@ class Method:
     def reads_logits(self) -> bool:
         return self.teacher_signal == "logits"
 
+    @property
+    def reads_responses(self) -> bool:
+        return self.teacher_signal == "responses"
+
     def off_policy(self, lmbda: float) -> bool:
         """Does it train on the data set's responses only (never on the student's own samples)?"""
         return not self.student_samples or float(lmbda) == 0

@@ -279,7 +279,7 @@ class Grid:
     @cached_property
     def teacher_responses(self) -> list[TeacherResponses]:
         return list({TeacherResponses(c.family, c.teacher, c.teacher_kind): None
-                     for c in self.cells if c.method == "seqkd"})
+                     for c in self.cells if get_method(c.method).reads_responses})
 
     @cached_property
     def teacher_responses_by_path(self) -> dict[str, TeacherResponses]:
@@ -326,7 +326,7 @@ class Grid:
         return args + spec.loss_version_flag(self.kd)
 
     def distill_data(self, cell: Cell) -> str:
-        if cell.method == "seqkd":
+        if get_method(cell.method).reads_responses:
             return self.out(TeacherResponses(cell.family, cell.teacher, cell.teacher_kind).path)
         return os.path.join(self.data_dir(cell.family), "train.json")
 
@@ -379,9 +379,10 @@ class Grid:
         online if the cache fails the check (decided in the job). `cache_passes`: the work of the run
         once the check has passed, teacher freed (the cost estimate; one step of teacher forwards left out)."""
         fam = self.families[cell.family]
-        runs_teacher = cell.method != "seqkd" and not (cache_passes and self.uses_cache(cell))
+        spec = get_method(cell.method)
+        runs_teacher = spec.reads_logits and not (cache_passes and self.uses_cache(cell))
         teacher_b = self.models[cell.teacher].size_b if runs_teacher else 0.0
-        generation = self.kd["gkd_max_new_tokens"] * self.kd["lmbda"] if cell.method == "gkd" else 0
+        generation = self.kd["gkd_max_new_tokens"] * self.kd["lmbda"] if spec.student_samples else 0
         return fam.training, self.models[cell.student].size_b, teacher_b, fam.examples_seen(), generation
 
     def inference_size(self, model: str, family: str, kind: str) -> tuple:
@@ -547,8 +548,9 @@ def _expand_block(i: int, block: dict, grid: Grid) -> tuple[str, list[Cell]]:
                     continue
                 for method in methods:
                     # SeqKD trains on the teacher's generated answers: no logits, so no temperature or noise.
-                    temps = [1.0] if method == "seqkd" else temperatures
-                    sigmas = [0.0] if method == "seqkd" else noise_sigmas
+                    responses = get_method(method).reads_responses
+                    temps = [1.0] if responses else temperatures
+                    sigmas = [0.0] if responses else noise_sigmas
                     for temperature in temps:
                         for sigma in sigmas:
                             for seed in grid.seeds:
