@@ -148,3 +148,17 @@ def test_the_schema_checks_max_loss_error_against_the_method_enum(max_loss_error
     else:
         with pytest.raises(WorkflowError):
             validate(config, str(ROOT / "workflow/schemas/config.schema.yaml"))
+
+
+def test_the_loss_version_flag_only_where_the_versions_differ():
+    gkd = REGISTRY["gkd"]
+    assert gkd.loss_version_flag({"beta": 0.5}) == []
+    assert gkd.loss_version_flag({"beta": 0.1}) == ["--loss-version", "2"]
+    assert REGISTRY["fkl"].loss_version_flag({"beta": 0.1}) == []
+    changed_everywhere = Method("x", "x", "tvd", ("kd_weight",), loss_version=3)
+    assert changed_everywhere.loss_version_flag({"kd_weight": 1.0}) == ["--loss-version", "3"]
+
+
+def test_the_registry_cannot_be_changed_at_run_time():
+    with pytest.raises(TypeError):
+        REGISTRY["x"] = REGISTRY["tvd"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from .errors import unknown
 
@@ -40,9 +41,9 @@ class Method:
     # teacher's top-k.
     cache_unbiased: bool = False
     # The version of its loss definition (1 where it never changed). A distill command names it
-    # (--loss-version) only where it differs from version 1 in value, that is unless every setting of
-    # `versions_agree_at` has its value there, so that upgrading kdgrid re-runs exactly the cells whose
-    # loss changed.
+    # (--loss-version) only where its value differs from version 1's, so that upgrading kdgrid re-runs
+    # exactly the cells whose loss changed: `versions_agree_at` holds the (setting, value) pairs at which
+    # every version gives the same loss (empty: they differ everywhere).
     loss_version: int = 1
     versions_agree_at: tuple[tuple[str, float], ...] = ()
 
@@ -73,12 +74,13 @@ class Method:
 
     def loss_version_flag(self, kd: dict) -> list[str]:
         """`--loss-version N` where this loss's value differs from version 1 at the settings `kd`, else []."""
-        if self.loss_version == 1 or all(float(kd[key]) == value for key, value in self.versions_agree_at):
+        agree = self.versions_agree_at and all(float(kd[key]) == value for key, value in self.versions_agree_at)
+        if self.loss_version == 1 or agree:
             return []
         return ["--loss-version", str(self.loss_version)]
 
 
-REGISTRY: dict[str, Method] = {m.name: m for m in (
+REGISTRY = MappingProxyType({m.name: m for m in (
     Method("fkl", "forward KL (SeqKD)", "forward_kl", ("kd_weight",), max_loss_error=0.005, cache_unbiased=True),
     Method("rkl", "reverse KL (RevKD)", "reverse_kl", ("kd_weight",), max_loss_error=0.02),
     # gkd 2: kd.beta as in the GKD paper and TRL >= 1.0, M = beta p_T + (1 - beta) p_S; version 1 had
@@ -91,7 +93,7 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
     Method("skew_kl", "skew KL", "skew_kl", ("skew", "kd_weight"), loss_settings=("skew",), max_loss_error=0.005,
            cache_unbiased=True),
     Method("tvd", "TVD", "tvd", ("kd_weight",), max_loss_error=0.005, cache_unbiased=True),
-)}
+)})
 METHODS = tuple(REGISTRY)
 
 
