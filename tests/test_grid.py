@@ -148,7 +148,7 @@ def test_noise_on_a_base_teacher_is_refused(paper_config):
 def test_only_the_cells_whose_loss_changed_name_its_version(paper, paper_config):
     # gkd's loss version 2 (kd.beta as in the GKD paper) equals version 1 at beta 0.5: the study's
     # cells keep their exact commands, so upgrading kdgrid re-runs none of them
-    from kdgrid.training.config import LOSS_VERSIONS
+    from kdgrid.methods import REGISTRY
 
     study = {c.id: paper.distill_args(c) for c in paper.cells}
     assert not any("--loss-version" in args for args in study.values())
@@ -157,7 +157,7 @@ def test_only_the_cells_whose_loss_changed_name_its_version(paper, paper_config)
     for cell in swept.cells:
         args = swept.distill_args(cell)
         if cell.method == "gkd":
-            assert args[args.index("--loss-version") + 1] == str(LOSS_VERSIONS["gkd"]) == "2"
+            assert args[args.index("--loss-version") + 1] == str(REGISTRY["gkd"].loss_version) == "2"
             assert args[args.index("--beta") + 1] == "0.1"
         else:
             assert args == study[cell.id]

@@ -13,7 +13,7 @@ p = softmax(logits / temperature):
   The formula vanishes at both ends, so there, as in TRL, the loss is forward KL (beta = 0) and
   reverse KL (beta = 1) exactly. Between them it runs from forward-KL-like to reverse-KL-like, and its
   scale shrinks near either end (about beta KL(p_T || p_S) for small beta, (1 - beta) KL(p_S || p_T)
-  near 1). Before loss version 2 (`kdgrid.training.config.LOSS_VERSIONS`) kdgrid weighted the mixture
+  near 1). Before loss version 2 (`kdgrid.methods`, Method.loss_version) kdgrid weighted the mixture
   the other way round (M = beta p_S + (1 - beta) p_T, TRL 0.13-0.15), the same function only at beta 0.5.
   The paper's code ignored the temperature for GKD; ours applies it like the others.
 - skew_kl: DistiLLM's skewed forward KL, KL(p_T || skew p_T + (1 - skew) p_S).
@@ -62,7 +62,8 @@ from collections.abc import Callable
 
 import torch
 
-from .errors import KdgridError, unknown
+from .errors import KdgridError
+from .methods import REGISTRY, get_method
 from .teacher_cache import SparseTeacher
 
 # Elements (rows x vocab) of one chunk: 4M float32 = 16 MiB per intermediate, about 27 rows at 152k.
@@ -335,19 +336,6 @@ class _ChunkedDivergence(torch.autograd.Function):
         return grad, *nones
 
 
-def shared_width(student_logits: torch.Tensor, teacher_logits: Teacher):
-    """Slice student and (dense) teacher logits to the vocabulary width they share.
-
-    The larger model's extra rows are padding: no token of the shared tokenizer has those ids.
-    Returns (student_logits, teacher_logits) as views; a SparseTeacher is returned unchanged.
-    """
-    teacher_width = teacher_logits.width if isinstance(teacher_logits, SparseTeacher) else teacher_logits.shape[-1]
-    width = min(student_logits.shape[-1], teacher_width)
-    if isinstance(teacher_logits, SparseTeacher):
-        return student_logits[..., :width], teacher_logits
-    return student_logits[..., :width], teacher_logits[..., :width]
-
-
 def _check_inputs(student_logits, teacher_logits, mask, temperature):
     if not isinstance(student_logits, torch.Tensor) or student_logits.dim() != 3:
         raise KdgridError(f"student_logits must be a [batch, seq, vocab] tensor, got shape "
@@ -452,21 +440,16 @@ def tvd(student_logits: torch.Tensor, teacher_logits: Teacher, mask: torch.Tenso
                        tail=_tvd_tail)
 
 
-LOSSES = {
-    "fkl": forward_kl,
-    "rkl": reverse_kl,
-    "gkd": generalized_jsd,
-    "jsd": generalized_jsd,
-    "skew_kl": skew_kl,
-    "tvd": tvd,
-}
+# method name -> its loss function, as the registry names it (methods that read logits)
+LOSSES = {m.name: globals()[m.loss] for m in REGISTRY.values() if m.loss is not None}
 
 
 def kd_loss(method: str, student_logits: torch.Tensor, teacher_logits: Teacher, mask: torch.Tensor,
             **kwargs) -> torch.Tensor:
-    """The KD loss named `method` (a key of LOSSES); kwargs go to it (temperature, beta, skew)."""
-    if method not in LOSSES:
-        raise unknown("KD method", method, LOSSES)
+    """The KD loss of `method` (a method of kdgrid.methods that reads logits); kwargs go to it
+    (temperature and the method's loss_settings)."""
+    if get_method(method).loss is None:
+        raise KdgridError(f"KD method {method!r} trains on the teacher's responses: it has no loss of logits")
     return LOSSES[method](student_logits, teacher_logits, mask, **kwargs)
 
 

@@ -33,9 +33,3 @@ def get_model(name: str) -> ModelInfo:
         return ModelInfo(name, tiny_param_count(name) / 1e9)
     raise KdgridError(f"unknown tiny model {name!r}; tiny models: {', '.join(known_models())} (every other model "
                       "is declared in config: models.<name> with a hub_id or a path)")
-
-
-def is_tiny(name: str) -> bool:
-    from .tiny_models import TINY_SPECS
-
-    return name in TINY_SPECS

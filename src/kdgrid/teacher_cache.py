@@ -1,8 +1,10 @@
 """Teacher outputs computed once: per token, the teacher's top-k logits and enough to keep the
 distribution exact on them.
 
-A distill cell that uses off-policy data (fkl, rkl, jsd, skew_kl, tvd at any temperature) reads the
-teacher's signal from this cache instead of running the teacher every step. For every position t of
+A distill cell the cache can serve (`kdgrid.methods.cache_serves`: an off-policy method that reads
+logits, no teacher noise, a temperature up to teacher_cache.max_temperature) reads the teacher's
+signal from this cache instead of running the teacher every step, once the cache has passed its
+check on the cell's first step (docs/teacher_cache.md). For every position t of
 every training example (rows t = the teacher's logits at input position t, the same rows a forward
 pass gives) the cache keeps the k largest logits with their token ids and, for each temperature
 tau the grid needs, the log-sum-exp of logits / tau over the whole row and over the tokens outside
@@ -11,7 +13,7 @@ losses compare teacher and student on k + 1 buckets (see `kdgrid.losses`).
 
 Beyond the top-k, the cache keeps S ids drawn at random (with replacement) from the teacher's
 distribution over the rest, with their logits, per temperature ("tail samples"). They make the
-losses whose tail can be written as an expectation under the teacher (forward KL, skew KL, TVD)
+losses whose tail can be written as an expectation under the teacher (`Method.cache_unbiased`)
 unbiased estimates of the dense loss and gradient instead of a biased (k+1)-bucket value; see
 `kdgrid.losses` and docs/teacher_cache.md. S = 0 gives the bucket-only cache.
 
@@ -46,12 +48,6 @@ from .io import atomic_path
 FORMAT = "kdgrid-teacher-outputs/2"
 OLD_FORMATS = ("kdgrid-teacher-outputs/1",)
 ROWS_PER_CHUNK = 512
-# The relative error of the first-step loss (cache vs online teacher) a cell accepts by default, per method
-# (config: teacher_cache.max_loss_error); above it the cell runs its teacher online.
-# Methods whose loss the cache's tail samples estimate without bias (kdgrid.losses); rkl and gkd get the
-# (k+1)-bucket value, a lower bound whose error grows with the student's mass outside the teacher's top-k.
-UNBIASED_FROM_CACHE = ("fkl", "skew_kl", "tvd")
-DEFAULT_MAX_LOSS_ERROR = {"fkl": 0.005, "skew_kl": 0.005, "tvd": 0.005, "gkd": 0.005, "rkl": 0.02}
 
 
 @dataclass
@@ -92,13 +88,6 @@ class SparseTeacher:
     @property
     def tail_samples(self) -> int:
         return 0 if self.tail_ids is None else self.tail_ids.shape[-1]
-
-    def to(self, device) -> SparseTeacher:
-        tail = (None, None) if self.tail_ids is None else (self.tail_logits.to(device), self.tail_ids.to(device))
-        return SparseTeacher(
-            self.topk_logits.to(device), self.topk_ids.to(device), self.lse.to(device),
-            self.rest_lse.to(device), self.temperature, self.width, *tail,
-        )
 
 
 def example_hash(input_ids) -> str:
@@ -153,9 +142,6 @@ class TeacherCache:
 
     def __len__(self) -> int:
         return len(self.input_hashes)
-
-    def example_length(self, index: int) -> int:
-        return int(self.offsets[index + 1] - self.offsets[index])
 
     # --- persistence ---------------------------------------------------------------------------
 

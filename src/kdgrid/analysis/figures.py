@@ -20,6 +20,7 @@ import seaborn as sns
 from scipy import stats
 
 from ..io import atomic_path, write_text
+from ..methods import METHODS, REGISTRY
 from .captions import CAPTIONS, FIGURES, FORMATS
 from .improvement import (
     complete_columns,
@@ -34,15 +35,12 @@ from .improvement import (
 from .table import AVERAGE, warn
 
 _CB = sns.color_palette("colorblind")
-METHOD_COLORS = {
-    "base": "#b0b0b0", "sft": "#4d4d4d",
-    "fkl": _CB[0], "rkl": _CB[1], "gkd": _CB[2], "seqkd": _CB[4], "skew_kl": _CB[5], "tvd": _CB[6],
-}
-_EXTRA_COLORS = [_CB[8], _CB[9], _CB[3], _CB[7]]
-METHOD_LABELS = {
-    "base": "base model", "sft": "SFT", "fkl": "forward KL (SeqKD)", "rkl": "reverse KL (RevKD)", "gkd": "GKD",
-    "seqkd": "SeqKD (teacher text)", "skew_kl": "skew KL", "tvd": "TVD",
-}
+# the methods of kdgrid.methods take these in registry order, methods it does not know the rest
+_PALETTE = [_CB[i] for i in (0, 1, 2, 4, 5, 6, 8, 9, 3, 7)]
+METHOD_COLORS = {"base": "#b0b0b0", "sft": "#4d4d4d",
+                 **{m: _PALETTE[i % len(_PALETTE)] for i, m in enumerate(METHODS)}}
+_EXTRA_COLORS = _PALETTE[len(METHODS):] or _PALETTE
+METHOD_LABELS = {"base": "base model", "sft": "SFT", **{m.name: m.label for m in REGISTRY.values()}}
 ACCURACY = "Average accuracy (%)"
 IMPROVEMENT = "improvement over SFT (points)"
 

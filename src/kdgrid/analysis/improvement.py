@@ -18,6 +18,7 @@ Beside the paper's definition each cell carries:
 
 from __future__ import annotations
 
+from ..methods import METHODS
 from .splits import SPLIT_COLUMNS
 from .table import AVERAGE
 
@@ -28,12 +29,11 @@ OPTIONAL_COLUMNS = ("seed", *SPLIT_COLUMNS, "agreement", "bleu", "embedding_simi
 MEASURES = ("accuracy", *SPLIT_COLUMNS, "agreement", "bleu", "embedding_similarity", "sft_agreement", "sft_bleu",
             "sft_embedding_similarity")
 CELL_KEYS = ["family", "task", "teacher", "student", "method"]
-METHOD_ORDER = ("fkl", "rkl", "gkd", "seqkd", "skew_kl", "tvd")
 
 
 def ordered_methods(methods) -> list[str]:
     present = {m for m in methods if isinstance(m, str)}
-    return [m for m in METHOD_ORDER if m in present] + sorted(present - set(METHOD_ORDER))
+    return [m for m in METHODS if m in present] + sorted(present - set(METHODS))
 
 
 def ordered_tasks(table, family: str) -> list[str]:

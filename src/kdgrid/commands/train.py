@@ -6,7 +6,8 @@ HELP = "Train one cell: SFT of a model, or distillation of a student from a teac
 
 
 def add_arguments(p) -> None:
-    from ..training.config import DEFAULT_LORA_TARGETS, FINETUNES, METHODS, MODES, PRECISIONS, TOKEN_SCOPES
+    from ..methods import METHODS, REGISTRY
+    from ..training.config import DEFAULT_LORA_TARGETS, FINETUNES, MODES, PRECISIONS, TOKEN_SCOPES
 
     p.add_argument("--mode", required=True, choices=MODES)
     p.add_argument("--model", required=True, help="the model to train: a local HF folder or a hub id")
@@ -18,9 +19,10 @@ def add_arguments(p) -> None:
     p.add_argument("--cache-max-loss-error", type=float,
                    help="with --teacher-cache and --teacher: the largest relative error of the first step's loss "
                         "(cache vs teacher) for which the cell reads the cache; above it the teacher runs online "
-                        "(default per method: fkl, skew_kl, tvd, gkd 0.005, rkl 0.02)")
-    p.add_argument("--method", choices=METHODS, help="KD loss (distill): fkl (the paper's SeqKD), rkl, gkd, "
-                   "skew_kl, tvd, or seqkd (Kim & Rush: cross-entropy on the teacher's responses)")
+                        "(default per method: " + ", ".join(f"{m.name} {m.max_loss_error:g}" for m in REGISTRY.values()
+                                                          if m.max_loss_error is not None) + ")")
+    p.add_argument("--method", choices=METHODS, help="KD method (distill), kdgrid.methods: " + ", ".join(
+        f"{m.name} = {m.label}" for m in REGISTRY.values()))
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--noise-sigma", type=float, default=0.0, help="Gaussian noise N(0, s^2) on the teacher's logits")
     p.add_argument("--beta", type=float, default=0.5, help="GKD: JSD(beta) as in the GKD paper and TRL >= 1: "
@@ -50,7 +52,7 @@ def add_arguments(p) -> None:
     p.add_argument("--save-steps", type=int, default=200, help="checkpoint every N optimizer steps")
     p.add_argument("--gkd-max-new-tokens", type=int, default=128)
     p.add_argument("--loss-version", type=int, help="the version of the method's loss definition the command "
-                   "was written for; refused if this kdgrid computes another (kdgrid.training.config.LOSS_VERSIONS)")
+                   "was written for; refused if this kdgrid computes another (kdgrid.methods, Method.loss_version)")
     p.add_argument("--nproc", type=int, default=1, help="processes (GPUs); > 1 relaunches under torchrun")
     p.add_argument("--cell", help="cell name for logs and errors (default: --out)")
     p.add_argument("--keep-checkpoints", type=int, choices=(0, 1), default=0,

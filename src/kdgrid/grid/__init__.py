@@ -6,6 +6,7 @@
 - `expand`: the immutable `Grid` a config expands to, and everything the rules ask it.
 """
 
+from ..methods import METHODS
 from .expand import Grid, expand_grid
 from .jobs import Cell, Comparison, Evaluation, SftRun, TeacherOutputs, TeacherResponses
 from .layout import (
@@ -41,14 +42,10 @@ from .spec import (
     DEFAULT_DISK,
     DEFAULT_EVALUATION,
     DEFAULT_KD,
-    DEFAULT_MAX_LOSS_ERROR,
     DEFAULT_TEACHER_CACHE,
     DEFAULT_TRAINING,
     FAMILIES,
     FAMILY_KEYS,
-    KD_KEYS_OF_METHOD,
-    METHODS,
-    OFF_POLICY_METHODS,
     SOURCES,
     TEACHER_KINDS,
     FamilySpec,
@@ -68,7 +65,6 @@ __all__ = [
     "DEFAULT_DISK",
     "DEFAULT_EVALUATION",
     "DEFAULT_KD",
-    "DEFAULT_MAX_LOSS_ERROR",
     "DEFAULT_MODELS_DIR",
     "DEFAULT_TEACHER_CACHE",
     "DEFAULT_TRAINING",
@@ -77,11 +73,9 @@ __all__ = [
     "FINGERPRINT_CACHE",
     "KD_COMPARE",
     "KD_DIR",
-    "KD_KEYS_OF_METHOD",
     "METHODS",
     "MODEL_NAME_REGEX",
     "MODEL_STAMP",
-    "OFF_POLICY_METHODS",
     "PLOTS_DIR",
     "PLOT_NAMES",
     "SFT_COMPARE",

@@ -19,7 +19,7 @@ from functools import cached_property
 
 from ..errors import KdgridError
 from ..hub import LOCK_NAME, estimated_bytes, fetch_record
-from ..training.config import LOSS_VERSIONS
+from ..methods import METHODS, cache_serves, get_method
 from .jobs import Cell, Comparison, Evaluation, SftRun, TeacherOutputs, TeacherResponses
 from .layout import (
     BASE_DIR,
@@ -46,11 +46,6 @@ from .spec import (
     DEFAULT_DISK,
     DEFAULT_EVALUATION,
     DEFAULT_KD,
-    DEFAULT_MAX_LOSS_ERROR,
-    DEFAULT_TEACHER_CACHE,
-    KD_KEYS_OF_METHOD,
-    METHODS,
-    OFF_POLICY_METHODS,
     TEACHER_KINDS,
     FamilySpec,
     ModelSpec,
@@ -60,6 +55,7 @@ from .spec import (
     reject_non_finite,
     resources_section,
     section,
+    teacher_cache_section,
     unknown_at,
 )
 
@@ -184,17 +180,16 @@ class Grid:
         return [self.teacher_ref(family, teacher, teacher_kind)]
 
     # -- the jobs ------------------------------------------------------------------------------
-    def cache_tolerance(self, method: str) -> float:
+    def cache_tolerance(self, name: str) -> float:
         """teacher_cache.max_loss_error of a method: the relative first-step loss error it accepts."""
-        return float({**DEFAULT_MAX_LOSS_ERROR, **(self.teacher_cache["max_loss_error"] or {})}[method])
+        given = self.teacher_cache["max_loss_error"] or {}
+        return float(given[name] if name in given else get_method(name).max_loss_error)
 
     def uses_cache(self, cell: Cell) -> bool:
         """May the cell read the cache? (It does only if its first-step check passes: `cache_tolerance`.)"""
-        if not self.teacher_cache["enabled"] or cell.noise_sigma > 0:
-            return False
-        if cell.temperature > float(self.teacher_cache["max_temperature"]):
-            return False
-        return cell.method in OFF_POLICY_METHODS or (cell.method == "gkd" and self.kd["lmbda"] == 0)
+        return cache_serves(cell.method, enabled=self.teacher_cache["enabled"], lmbda=self.kd["lmbda"],
+                            noise_sigma=cell.noise_sigma, temperature=cell.temperature,
+                            max_temperature=float(self.teacher_cache["max_temperature"]))
 
     @cached_property
     def cells_by_id(self) -> dict[str, Cell]:
@@ -284,7 +279,7 @@ class Grid:
     @cached_property
     def teacher_responses(self) -> list[TeacherResponses]:
         return list({TeacherResponses(c.family, c.teacher, c.teacher_kind): None
-                     for c in self.cells if c.method == "seqkd"})
+                     for c in self.cells if get_method(c.method).reads_responses})
 
     @cached_property
     def teacher_responses_by_path(self) -> dict[str, TeacherResponses]:
@@ -316,8 +311,9 @@ class Grid:
 
     def distill_args(self, cell: Cell) -> list[str]:
         """Flags of a KD cell beyond the family's hyper-parameters: its method and teacher signal."""
+        spec = get_method(cell.method)
         args = ["--method", cell.method, "--seed", str(cell.seed)]
-        if cell.method != "seqkd":
+        if spec.reads_logits:
             args += ["--teacher", self.teacher_ref(cell.family, cell.teacher, cell.teacher_kind), "--temperature", fmt_number(cell.temperature)]
             if cell.noise_sigma > 0:
                 args += ["--noise-sigma", fmt_number(cell.noise_sigma)]
@@ -325,14 +321,12 @@ class Grid:
             if cache is not None:
                 args += ["--teacher-cache", self.out(cache.path),
                          "--cache-max-loss-error", fmt_number(self.cache_tolerance(cell.method))]
-        for key in KD_KEYS_OF_METHOD[cell.method]:
+        for key in spec.settings:
             args += [f"--{key.replace('_', '-')}", str(self.kd[key])]
-        if cell.method == "gkd" and float(self.kd["beta"]) != 0.5:  # where gkd's loss versions differ
-            args += ["--loss-version", str(LOSS_VERSIONS["gkd"])]
-        return args
+        return args + spec.loss_version_flag(self.kd)
 
     def distill_data(self, cell: Cell) -> str:
-        if cell.method == "seqkd":
+        if get_method(cell.method).reads_responses:
             return self.out(TeacherResponses(cell.family, cell.teacher, cell.teacher_kind).path)
         return os.path.join(self.data_dir(cell.family), "train.json")
 
@@ -385,9 +379,10 @@ class Grid:
         online if the cache fails the check (decided in the job). `cache_passes`: the work of the run
         once the check has passed, teacher freed (the cost estimate; one step of teacher forwards left out)."""
         fam = self.families[cell.family]
-        runs_teacher = cell.method != "seqkd" and not (cache_passes and self.uses_cache(cell))
+        spec = get_method(cell.method)
+        runs_teacher = spec.reads_logits and not (cache_passes and self.uses_cache(cell))
         teacher_b = self.models[cell.teacher].size_b if runs_teacher else 0.0
-        generation = self.kd["gkd_max_new_tokens"] * self.kd["lmbda"] if cell.method == "gkd" else 0
+        generation = self.kd["gkd_max_new_tokens"] * self.kd["lmbda"] if spec.student_samples else 0
         return fam.training, self.models[cell.student].size_b, teacher_b, fam.examples_seen(), generation
 
     def inference_size(self, model: str, family: str, kind: str) -> tuple:
@@ -450,7 +445,7 @@ class Grid:
         """
         without = with_cache = 0
         for c in self.cells:
-            if c.method == "seqkd":
+            if not get_method(c.method).reads_logits:
                 continue
             seen = self.families[c.family].examples_seen()
             without += seen
@@ -459,7 +454,7 @@ class Grid:
         cache_passes = sum(self.families[t.family].approx_train_examples for t in self.teacher_outputs)
         with_cache += cache_passes
         generation = sum(self.families[t.family].approx_train_examples for t in self.teacher_responses)
-        from ..teacher_cache import UNBIASED_FROM_CACHE, bytes_per_token
+        from ..teacher_cache import bytes_per_token
 
         tokens = {f: spec.approx_train_examples * spec.training["cutoff"] for f, spec in self.families.items()}
         per_token = bytes_per_token(int(self.teacher_cache["top_k"]), int(self.teacher_cache["tail_samples"]), 1,
@@ -471,10 +466,11 @@ class Grid:
                 # fails its check and runs the teacher online
                 "with_cache_biased_refused": with_cache + sum(
                     self.families[c.family].examples_seen() - self.families[c.family].check_examples()
-                    for c in self.cells if self.uses_cache(c) and c.method not in UNBIASED_FROM_CACHE),
+                    for c in self.cells if self.uses_cache(c) and not get_method(c.method).cache_unbiased),
                 "check_passes": sum(self.families[c.family].check_examples() for c in self.cells if self.uses_cache(c)),
                 "cached_cells": sum(self.uses_cache(c) for c in self.cells),
-                "online_teacher_cells": sum(c.method != "seqkd" and not self.uses_cache(c) for c in self.cells),
+                "online_teacher_cells": sum(get_method(c.method).reads_logits and not self.uses_cache(c)
+                                            for c in self.cells),
                 "seqkd_generation": generation}
 
     def notes(self) -> list[str]:
@@ -552,8 +548,9 @@ def _expand_block(i: int, block: dict, grid: Grid) -> tuple[str, list[Cell]]:
                     continue
                 for method in methods:
                     # SeqKD trains on the teacher's generated answers: no logits, so no temperature or noise.
-                    temps = [1.0] if method == "seqkd" else temperatures
-                    sigmas = [0.0] if method == "seqkd" else noise_sigmas
+                    responses = get_method(method).reads_responses
+                    temps = [1.0] if responses else temperatures
+                    sigmas = [0.0] if responses else noise_sigmas
                     for temperature in temps:
                         for sigma in sigmas:
                             for seed in grid.seeds:
@@ -598,7 +595,7 @@ def expand_grid(config: dict) -> Grid:
         kd=section(config, "kd", DEFAULT_KD),
         evaluation=section(config, "evaluation", DEFAULT_EVALUATION),
         compare=section(config, "compare", DEFAULT_COMPARE),
-        teacher_cache=section(config, "teacher_cache", DEFAULT_TEACHER_CACHE),
+        teacher_cache=teacher_cache_section(config),
         resources=resources_section(config),
         disk=section(config, "disk", DEFAULT_DISK),
         models_dir=str(config.get("models_dir") or DEFAULT_MODELS_DIR).rstrip("/"),

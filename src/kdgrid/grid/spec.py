@@ -10,11 +10,10 @@ from dataclasses import dataclass
 
 from ..errors import KdgridError, unknown
 from ..hub import COMMIT_REGEX
+from ..methods import METHODS, REGISTRY
 from ..tasks import tasks_of
 from .layout import MODEL_NAME_REGEX
 
-METHODS = ("fkl", "rkl", "gkd", "skew_kl", "tvd", "seqkd")
-OFF_POLICY_METHODS = ("fkl", "rkl", "skew_kl", "tvd")  # plus gkd with lmbda = 0
 TEACHER_KINDS = ("sft", "base")
 SOURCES = ("synthetic", "llm-adapters")
 FAMILIES = ("math", "commonsense")
@@ -44,25 +43,16 @@ DEFAULT_KD = {
     "gkd_max_new_tokens": 128,
     "seqkd_max_new_tokens": 256,
 }
-# The KD settings each method reads; a cell's command gets only these, so that changing, say, `skew`
-# re-runs the skew_kl cells and nothing else.
-KD_KEYS_OF_METHOD = {
-    "fkl": ("kd_weight",),
-    "rkl": ("kd_weight",),
-    "tvd": ("kd_weight",),
-    "skew_kl": ("skew", "kd_weight"),
-    "gkd": ("beta", "lmbda", "gkd_max_new_tokens", "kd_weight"),
-    "seqkd": (),
-}
+# (The KD settings each method reads: kdgrid.methods, Method.settings.)
 DEFAULT_EVALUATION = {"max_new_tokens": 256, "batch_size": 16, "sampling": False, "seed": 1234, "limit": None}
 DEFAULT_COMPARE = {"embedding_model": "none"}
 # The cache: top_k ids per token plus tail_samples ids drawn from the teacher's rest (docs/teacher_cache.md).
 # Cells up to max_temperature may read it; each measures it against its teacher on its first step and
-# reads it only if its loss error is within max_loss_error (per method), else runs the teacher online.
+# reads it only if its loss error is within max_loss_error (per method; None: kdgrid.methods' defaults),
+# else runs the teacher online.
 DEFAULT_TEACHER_CACHE = {"enabled": True, "top_k": 64, "tail_samples": 64, "max_temperature": 1.0,
                          "max_loss_error": None}
 CACHE_WIDTHS_ESTIMATE = 4  # rest normalisers per token: Qwen2.5's widths 151680-152064 (teacher_cache.default_widths)
-DEFAULT_MAX_LOSS_ERROR = {"fkl": 0.005, "skew_kl": 0.005, "tvd": 0.005, "gkd": 0.005, "rkl": 0.02}
 FAMILY_KEYS = ("tasks", "data", "training", "approx_train_examples", "approx_test_examples")
 DEFAULT_DISK = {"keep_checkpoints": False}  # a training job's checkpoints/ once its model is published
 DEFAULT_DATA = {"source": "llm-adapters", "local": None, "seed": 0, "n_train": None, "n_test": None, "limit_test": None,
@@ -202,6 +192,19 @@ def reject_non_finite(value, where: str = "") -> None:
         for i, item in enumerate(value):
             reject_non_finite(item, f"{where}[{i}]")
 
+
+
+def teacher_cache_section(config: dict) -> dict:
+    cache = section(config, "teacher_cache", DEFAULT_TEACHER_CACHE)
+    given = cache["max_loss_error"]
+    if given is not None and not isinstance(given, dict):
+        raise KdgridError(f"config key teacher_cache.max_loss_error: expected a mapping of methods, got {given!r}")
+    for name in given or {}:
+        if name not in REGISTRY:
+            raise unknown_at("teacher_cache.max_loss_error", "method", name, METHODS)
+        if REGISTRY[name].max_loss_error is None:
+            raise KdgridError(f"config key teacher_cache.max_loss_error.{name}: no teacher cache serves {name}")
+    return cache
 
 
 def resources_section(config: dict) -> dict:

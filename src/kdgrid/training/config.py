@@ -6,20 +6,13 @@ import math
 from dataclasses import asdict, dataclass, fields
 
 from ..errors import KdgridError
+from ..methods import METHODS, REGISTRY, cache_serves, get_method
 
 MODES = ("sft", "distill")
-METHODS = ("fkl", "rkl", "gkd", "skew_kl", "tvd", "seqkd")
-OFF_POLICY_METHODS = ("fkl", "rkl", "skew_kl", "tvd")  # plus gkd with lmbda = 0
 FINETUNES = ("lora", "full")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TOKEN_SCOPES = ("all", "response")
 DEFAULT_LORA_TARGETS = "q_proj,k_proj,v_proj,up_proj,down_proj"
-# The version of each method's loss definition in kdgrid.losses (1 where it never changed). A distill
-# command names it (--loss-version) only where the versions differ in value, so that upgrading kdgrid
-# re-runs exactly the cells whose loss changed (kdgrid.grid.Grid.distill_args).
-# gkd 2: kd.beta as in the GKD paper and TRL >= 1.0, M = beta p_T + (1 - beta) p_S; version 1 had
-# M = beta p_S + (1 - beta) p_T with the weights the other way round, the same loss only at beta 0.5.
-LOSS_VERSIONS = {"gkd": 2}
 
 
 @dataclass
@@ -82,18 +75,25 @@ class TrainConfig:
 
     @property
     def is_on_policy(self) -> bool:
-        return self.method == "gkd" and self.lmbda > 0
+        return self.mode == "distill" and not get_method(self.method).off_policy(self.lmbda)
 
     @property
     def uses_teacher(self) -> bool:
-        """Does the loss need the teacher's outputs (from a model or the cache)?"""
-        return self.mode == "distill" and self.method != "seqkd"
+        """Does the loss need the teacher's logits (from a model or the cache)?"""
+        return self.mode == "distill" and get_method(self.method).reads_logits
 
     @property
     def can_use_cache(self) -> bool:
-        """Can the teacher-output cache stand in for the teacher model in this cell?"""
-        off_policy = self.method in OFF_POLICY_METHODS or (self.method == "gkd" and self.lmbda == 0)
-        return self.uses_teacher and off_policy and self.noise_sigma == 0
+        """Can the given teacher-output cache stand in for the teacher model in this cell? (The grid gives
+        a cache only to the cells that may read it, `kdgrid.methods.cache_serves`; this is the same rule.)"""
+        return self.uses_teacher and cache_serves(self.method, enabled=bool(self.teacher_cache), lmbda=self.lmbda,
+                                                  noise_sigma=self.noise_sigma, temperature=self.temperature)
+
+    @property
+    def loss_kwargs(self) -> dict:
+        """The keyword arguments of this cell's loss function (kdgrid.losses)."""
+        return {"temperature": self.temperature,
+                **{key: getattr(self, key) for key in get_method(self.method).loss_settings}}
 
     @property
     def checks_cache(self) -> bool:
@@ -104,18 +104,16 @@ class TrainConfig:
     @property
     def cache_tolerance(self) -> float:
         """The largest relative first-step loss error of the cache this cell accepts."""
-        from ..teacher_cache import DEFAULT_MAX_LOSS_ERROR
-
         if self.cache_max_loss_error is not None:
             return float(self.cache_max_loss_error)
-        return DEFAULT_MAX_LOSS_ERROR[self.method]
+        return get_method(self.method).max_loss_error
 
     @property
     def teacher_source(self) -> str:
         """'cache' (read the teacher-output cache), 'model' (run the teacher online) or 'none'."""
         if not self.uses_teacher:
             return "none"
-        if self.teacher_cache and self.can_use_cache:
+        if self.can_use_cache:
             return "cache"
         return "model"
 
@@ -136,16 +134,17 @@ class TrainConfig:
                 raise KdgridError(f"--mode distill needs --method (one of {', '.join(METHODS)})")
             if self.method not in METHODS:
                 raise bad("method", self.method, f"must be one of {', '.join(METHODS)}")
-            if self.method == "seqkd" and self.teacher_cache:
+            if not get_method(self.method).reads_logits and self.teacher_cache:
                 raise bad("teacher_cache", self.teacher_cache,
-                          "seqkd trains on the teacher's responses (the --data file); it reads no teacher cache")
+                          f"{self.method} trains on the teacher's responses (the --data file); it reads no "
+                          "teacher cache")
             if self.uses_teacher and self.teacher_source == "model" and not self.teacher:
                 why = ("needs --teacher" if not self.teacher_cache else
                        "needs --teacher: the cache cannot stand in for the teacher with on-policy GKD "
                        "(lmbda > 0) or teacher noise")
                 raise KdgridError(f"--method {self.method} (cell {self.cell_name}) {why}")
         if self.loss_version is not None:
-            current = LOSS_VERSIONS.get(self.method, 1)
+            current = REGISTRY[self.method].loss_version if self.method in REGISTRY else 1
             if self.mode != "distill" or self.loss_version != current:
                 raise bad("loss_version", self.loss_version,
                           f"this kdgrid computes version {current} of the {self.method or self.mode} loss")

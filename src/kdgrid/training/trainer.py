@@ -238,11 +238,7 @@ class KDTrainer(Trainer):
             loss = causal_lm_loss(logits, labels)
         else:
             teacher = self.teacher_outputs(input_ids, attention_mask, inputs["example_index"])
-            kwargs = {"temperature": self.cfg.temperature}
-            if self.cfg.method == "gkd":
-                kwargs["beta"] = self.cfg.beta
-            elif self.cfg.method == "skew_kl":
-                kwargs["skew"] = self.cfg.skew
+            kwargs = self.cfg.loss_kwargs
             kd = kd_loss(self.cfg.method, logits, teacher, kd_mask, **kwargs)
             if self.cache_check is not None:
                 self._check_cache(logits, kd_mask, inputs["example_index"], kd, kwargs)
