@@ -31,6 +31,7 @@ from .layout import (
     TEACHER_RESPONSES_FILE,
     TEST_SET_STAMP,
     TINY_MODEL_DIR,
+    TRAIN_FILE,
     ablation_name,
     fmt_number,
 )
@@ -96,6 +97,7 @@ __all__ = [
     "TEACHER_RESPONSES_FILE",
     "TEST_SET_STAMP",
     "TINY_MODEL_DIR",
+    "TRAIN_FILE",
     "Cell",
     "Comparison",
     "Evaluation",
