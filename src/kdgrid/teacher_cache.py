@@ -321,6 +321,48 @@ def compute_teacher_outputs(model, examples, k: int, temperatures, batch_size: i
     return cache
 
 
+def cache_teacher_outputs(teacher: str, data: str, top_k: int, temperatures: list[float], *, tail_samples: int,
+                          seed: int, cutoff: int, batch_size: int, token_scope: str, widths: list[int] | None,
+                          precision: str, device: str) -> TeacherCache:
+    """Load the teacher (a folder or a hub id) and its tokenizer, tokenise the training set `data` as
+    training does (`cutoff`, `token_scope`) and run `compute_teacher_outputs` over it (the arguments of
+    `kdgrid teacher-outputs`, checked by kdgrid.teacher_options.TeacherOutputsOptions). `widths` None: the
+    teacher's width and every multiple of 128 from the tokenizer's length up to it; `device` "auto":
+    cuda when available. The cache's meta records the teacher, its tokenizer and the tokenisation."""
+    from .training.data import load_tokenized, tokenizer_fingerprint
+    from .training.model_io import (
+        check_finite_weights,
+        load_causal_lm,
+        load_tokenizer,
+        resolve_precision,
+        torch_dtype,
+    )
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    precision = resolve_precision(precision)
+
+    tokenizer = load_tokenizer(teacher)
+    examples, _ = load_tokenized(data, tokenizer, cutoff, token_scope)
+    model = load_causal_lm(teacher, torch_dtype(precision), "teacher").to(device).eval()
+    check_finite_weights(model, f"teacher {teacher}")
+    vocab_width = model.get_output_embeddings().weight.shape[0]
+    if top_k > vocab_width:
+        raise KdgridError(f"--top-k {top_k}: more than the {vocab_width} logits of teacher {teacher} "
+                          f"(config key teacher_cache.top_k)")
+    if widths is None:
+        widths = default_widths(vocab_width, len(tokenizer))
+    elif any(not 0 < w <= vocab_width for w in widths):
+        raise KdgridError(f"--widths {','.join(map(str, widths))}: each must lie between 1 and the teacher's "
+                          f"{vocab_width} logits")
+    cache = compute_teacher_outputs(model, [e["input_ids"] for e in examples], top_k, temperatures, batch_size,
+                                    device, widths=widths, pad_token_id=tokenizer.pad_token_id,
+                                    tail_samples=tail_samples, seed=seed)
+    cache.meta.update(teacher=str(teacher), tokenizer_fingerprint=tokenizer_fingerprint(tokenizer), data=str(data),
+                      cutoff=cutoff, token_scope=token_scope, precision=precision)
+    return cache
+
+
 def fmt_temperature(t: float) -> str:
     return format(float(t), "g")
 

@@ -152,7 +152,7 @@ def teacher_responses_job(wildcards):
 
 
 def train_data(family):
-    return f"{GRID.data_dir(family)}/train.json"
+    return GRID.train_data(family)
 
 
 def test_data(family):

@@ -17,8 +17,8 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from ..analysis.figures import draw_all
     from ..analysis.paper_import import import_paper
+    from ..analysis.stats_outputs import write_stats
     from ..analysis.table import write_table
-    from .stats import write_stats
 
     out = Path(args.out)
     table = import_paper(args.import_paper)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 HELP = "Run the hypothesis tests H1-H5 on a results table; write hypotheses.csv and a Markdown summary."
 
 
@@ -18,27 +16,8 @@ def add_arguments(parser) -> None:
                         help="p-values that decide the verdicts: permutation (default) or asymptotic (the paper's)")
 
 
-def write_stats(table, source: str, out_csv, out_md, out_cells=None, verdict: str = "permutation"):
-    """Run the tests and write their outputs atomically; not-computable tests are reported on stderr."""
-    from ..analysis.hypotheses import not_computable, run_hypotheses
-    from ..analysis.improvement import seed_improvements
-    from ..analysis.summary import summary_markdown
-    from ..io import atomic_path, write_text
-
-    results, cells = run_hypotheses(table, source, verdict)
-    runs = seed_improvements(table, cells) if cells is not None else None
-    with atomic_path(out_csv) as tmp:
-        results.to_csv(tmp, index=False)
-    write_text(out_md, summary_markdown(results, cells, source, runs))
-    if out_cells and cells is not None:
-        with atomic_path(out_cells) as tmp:
-            cells.to_csv(tmp, index=False)
-    for line in not_computable(results):
-        print(f"kdgrid stats: not computable: {line}", file=sys.stderr)
-    return results
-
-
 def run(args) -> int:
+    from ..analysis.stats_outputs import write_stats
     from ..analysis.table import read_table
 
     table = read_table(args.table)

@@ -7,27 +7,25 @@ HELP = "Write the teacher's greedy responses to a training set's prompts as a ne
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--teacher", required=True, help="teacher model: a local HF folder or a hub id")
-    p.add_argument("--data", required=True, help="training set, LLM-Adapters JSON")
-    p.add_argument("--out", required=True, help="output JSON (records with output = the teacher's response)")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
+    from ..options import add_arguments
+    from ..teacher_options import TeacherResponsesOptions
+
+    add_arguments(p, TeacherResponsesOptions)
 
 
 def run(args) -> int:
     import time
 
-    from ..errors import KdgridError
     from ..io import write_json
+    from ..options import check, from_args
     from ..records import load_records
+    from ..teacher_options import TeacherResponsesOptions
     from ..training.responses import greedy_responses
     from ..usage import cost_line
 
     started = time.time()
 
-    if args.max_new_tokens < 1 or args.batch_size < 1:
-        raise KdgridError("--max-new-tokens and --batch-size must be >= 1")
+    check(from_args(TeacherResponsesOptions, args))
     records = load_records(args.data)
     responses = greedy_responses(args.teacher, records, args.max_new_tokens, args.batch_size, args.precision)
     write_json(args.out, [{**record, "output": response} for record, response in zip(records, responses)])

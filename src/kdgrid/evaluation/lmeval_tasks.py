@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .. import answers
 from ..prompt import build_prompt
+from .evaluate_options import EvaluateOptions
 
 FILTER_NAME = "kdgrid"
 METRIC = "acc"
@@ -31,7 +32,7 @@ STOP_SEQUENCES = ("### Instruction", "### Response")
 class GenerationSettings:
     """Zero-shot decoding: greedy by default; `sampling=True` is the paper's sampling."""
 
-    max_new_tokens: int = 256
+    max_new_tokens: int = EvaluateOptions.max_new_tokens
     sampling: bool = False
     temperature: float = 1.0
     top_p: float = 1.0

@@ -19,7 +19,9 @@ from pathlib import Path
 from ..errors import KdgridError
 from ..hub import revisions_of
 from ..io import atomic_dir, read_json, write_json, write_jsonl
+from ..options import field_of, problem
 from ..tasks import get_task, tasks_of
+from .evaluate_options import EvaluateOptions
 from .lmeval_tasks import FILTER_NAME, METRIC, GenerationSettings, write_task_configs
 
 SCORES_FILE = "scores.json"
@@ -107,12 +109,12 @@ def evaluate(
     out_dir,
     tasks: list[str] | None = None,
     settings: GenerationSettings | None = None,
-    batch_size: int = 16,
-    seed: int = 1234,
+    batch_size: int = EvaluateOptions.batch_size,
+    seed: int = EvaluateOptions.seed,
     limit: int | None = None,
     device: str | None = None,
-    dtype: str = "auto",
-    rule: str = "paper",
+    dtype: str = EvaluateOptions.dtype,
+    rule: str = EvaluateOptions.rule,
     meta: dict | None = None,
     threads: int | None = None,
 ) -> dict:
@@ -124,10 +126,10 @@ def evaluate(
     settings = settings or GenerationSettings()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    if limit is not None and limit < 1:
-        raise KdgridError(f"limit must be a positive number of items, got {limit}")
-    if threads is not None and threads < 1:
-        raise KdgridError(f"threads must be >= 1, got {threads}")
+    for name, value in (("limit", limit), ("threads", threads), ("batch_size", batch_size)):
+        why = problem(field_of(EvaluateOptions, name), value)
+        if why:
+            raise KdgridError(f"{name} {value!r}: {why}")
     test_files = find_test_sets(data_dir, family, tasks)
     if isinstance(model, str):
         model_name = model

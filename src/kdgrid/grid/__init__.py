@@ -32,6 +32,7 @@ from .layout import (
     TEACHER_RESPONSES_FILE,
     TEST_SET_STAMP,
     TINY_MODEL_DIR,
+    TRAIN_FILE,
     ablation_name,
     fmt_number,
 )
@@ -90,6 +91,7 @@ __all__ = [
     "TEACHER_RESPONSES_FILE",
     "TEST_SET_STAMP",
     "TINY_MODEL_DIR",
+    "TRAIN_FILE",
     "Cell",
     "Comparison",
     "Evaluation",

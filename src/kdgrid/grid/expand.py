@@ -18,8 +18,11 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from ..errors import KdgridError
+from ..evaluation.evaluate_options import EvaluateOptions
 from ..hub import LOCK_NAME, estimated_bytes, fetch_record
 from ..methods import METHODS, cache_serves, get_method
+from ..options import check_config, config_flags, field_of, problem
+from ..training.config import TrainConfig
 from .jobs import Cell, Comparison, Evaluation, SftRun, TeacherOutputs, TeacherResponses
 from .layout import (
     BASE_DIR,
@@ -38,18 +41,19 @@ from .layout import (
     TABLE_PARQUET,
     TEST_SET_STAMP,
     TINY_MODEL_DIR,
+    TRAIN_FILE,
     fmt_number,
 )
 from .spec import (
     CACHE_WIDTHS_ESTIMATE,
     DEFAULT_COMPARE,
     DEFAULT_DISK,
-    DEFAULT_EVALUATION,
     DEFAULT_KD,
     TEACHER_KINDS,
     FamilySpec,
     ModelSpec,
     as_list,
+    default_evaluation,
     parse_families,
     parse_models,
     reject_non_finite,
@@ -86,6 +90,10 @@ class Grid:
         """A family's prepared data, under this grid's results folder: grids with other data (another
         outdir) never share or overwrite it."""
         return self.out(DATA_DIR.format(family=family))
+
+    def train_data(self, family: str) -> str:
+        """A family's training set (in its data folder)."""
+        return os.path.join(self.data_dir(family), TRAIN_FILE)
 
     def tiny_model_dir(self, model: str) -> str:
         return self.out(TINY_MODEL_DIR.format(model=model))
@@ -299,15 +307,7 @@ class Grid:
     def training_args(self, family: str) -> list[str]:
         """The family's training hyper-parameters as `kdgrid train` flags (the LoRA ones only with LoRA,
         so that they re-run nothing a full fine-tuning does not read)."""
-        training = self.families[family].training
-        args = []
-        for key, value in training.items():
-            if value is None or (key.startswith("lora_") and training["finetune"] != "lora"):
-                continue
-            if isinstance(value, (list, tuple)):
-                value = ",".join(map(str, value))
-            args += [f"--{key.replace('_', '-')}", str(value)]
-        return args
+        return config_flags(TrainConfig, "training", self.families[family].training)
 
     def distill_args(self, cell: Cell) -> list[str]:
         """Flags of a KD cell beyond the family's hyper-parameters: its method and teacher signal."""
@@ -328,17 +328,10 @@ class Grid:
     def distill_data(self, cell: Cell) -> str:
         if get_method(cell.method).reads_responses:
             return self.out(TeacherResponses(cell.family, cell.teacher, cell.teacher_kind).path)
-        return os.path.join(self.data_dir(cell.family), "train.json")
+        return self.train_data(cell.family)
 
     def evaluation_args(self) -> list[str]:
-        e = self.evaluation
-        args = ["--max-new-tokens", str(e["max_new_tokens"]), "--batch-size", str(e["batch_size"]),
-                "--seed", str(e["seed"])]
-        if e["sampling"]:
-            args.append("--sampling")
-        if e["limit"]:
-            args += ["--limit", str(e["limit"])]
-        return args
+        return config_flags(EvaluateOptions, "evaluation", self.evaluation)
 
     def data_args(self, family: str) -> list[str]:
         spec = self.families[family]
@@ -533,12 +526,12 @@ def _expand_block(i: int, block: dict, grid: Grid) -> tuple[str, list[Cell]]:
         raise unknown_at(f"{where}.teacher_kind", "teacher kind", teacher_kind, TEACHER_KINDS)
     if teacher_kind == "base" and any(s > 0 for s in noise_sigmas):
         raise KdgridError(f"config key {where}: noise_sigmas apply to the SFT teacher only (teacher_kind: sft)")
-    for value in temperatures:
-        if value <= 0:
-            raise KdgridError(f"config key {where}.temperatures: {value} must be > 0")
-    for value in noise_sigmas:
-        if value < 0:
-            raise KdgridError(f"config key {where}.noise_sigmas: {value} must be >= 0")
+    for key, flag_name, values in (("temperatures", "temperature", temperatures),
+                                   ("noise_sigmas", "noise_sigma", noise_sigmas)):
+        for value in values:
+            why = problem(field_of(TrainConfig, flag_name), value)
+            if why:
+                raise KdgridError(f"config key {where}.{key}: {value} {why}")
 
     cells = []
     for family in families:
@@ -585,6 +578,8 @@ def expand_grid(config: dict) -> Grid:
     if len(set(seeds)) != len(seeds):
         raise KdgridError(f"config key seeds: {seeds} repeats a seed")
     teacher_seed = config.get("teacher_seed")
+    evaluation = section(config, "evaluation", default_evaluation())
+    check_config(EvaluateOptions, "evaluation", evaluation, "evaluation.")
     grid = Grid(
         outdir=str(config.get("outdir") or "results").rstrip("/"),
         models=models,
@@ -593,7 +588,7 @@ def expand_grid(config: dict) -> Grid:
         seeds=seeds,
         teacher_seed=int(teacher_seed) if teacher_seed is not None else seeds[0],
         kd=section(config, "kd", DEFAULT_KD),
-        evaluation=section(config, "evaluation", DEFAULT_EVALUATION),
+        evaluation=evaluation,
         compare=section(config, "compare", DEFAULT_COMPARE),
         teacher_cache=teacher_cache_section(config),
         resources=resources_section(config),

@@ -30,6 +30,7 @@ TEST_SET_STAMP = "fingerprints/test-sets/{family}.json"
 FINGERPRINT_CACHE = "fingerprints/cache.json"
 # The inputs a grid builds itself, under its results folder too (docs/architecture.md).
 DATA_DIR = "resources/data/{family}"
+TRAIN_FILE = "train.json"  # a family's training set, in its DATA_DIR (beside test/<task>.json)
 TINY_MODEL_DIR = "resources/models/{model}"
 
 MODEL_NAME_REGEX = r"[A-Za-z0-9.\-]+(?:_[A-Za-z0-9.\-]+)*"  # no "__": it separates teacher and student

@@ -9,42 +9,34 @@ import re
 from dataclasses import dataclass
 
 from ..errors import KdgridError, unknown
+from ..evaluation.evaluate_options import EvaluateOptions
 from ..hub import COMMIT_REGEX
 from ..methods import METHODS, REGISTRY
-from ..tasks import tasks_of
+from ..options import check_config, config_defaults
+from ..tasks import FAMILIES, tasks_of
+from ..training.config import TrainConfig
 from .layout import MODEL_NAME_REGEX
 
 TEACHER_KINDS = ("sft", "base")
 SOURCES = ("synthetic", "llm-adapters")
-FAMILIES = ("math", "commonsense")
 
-DEFAULT_TRAINING = {
-    "finetune": "lora",
-    "lora_r": 8,
-    "lora_alpha": 16,
-    "lora_dropout": 0.05,
-    "lora_targets": ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"],
-    "lr": 3e-4,
-    "micro_batch_size": 4,
-    "grad_accum": 4,
-    "warmup_steps": 100,
-    "cutoff": 256,
-    "epochs": 4,
-    "max_steps": -1,
-    "token_scope": "all",
-    "precision": "auto",
-    "save_steps": 200,
-}
-DEFAULT_KD = {
-    "beta": 0.5,
-    "lmbda": 0.5,
-    "skew": 0.1,
-    "kd_weight": 1.0,
-    "gkd_max_new_tokens": 128,
-    "seqkd_max_new_tokens": 256,
-}
+
+def default_training() -> dict:
+    """A family's `training:` defaults: those of `kdgrid train`'s options the config sets (TrainConfig)."""
+    return config_defaults(TrainConfig, "training")
+
+
+def default_evaluation() -> dict:
+    """The `evaluation:` defaults: those of `kdgrid evaluate`'s options the config sets (EvaluateOptions)."""
+    return config_defaults(EvaluateOptions, "evaluation")
+
+
+DEFAULT_TRAINING = default_training()
+# kd: the distillation options of `kdgrid train` (TrainConfig's config="kd" fields), and the length of
+# the teacher's responses for seqkd (`kdgrid teacher-responses --max-new-tokens`).
+DEFAULT_KD = {**config_defaults(TrainConfig, "kd"), "seqkd_max_new_tokens": 256}
 # (The KD settings each method reads: kdgrid.methods, Method.settings.)
-DEFAULT_EVALUATION = {"max_new_tokens": 256, "batch_size": 16, "sampling": False, "seed": 1234, "limit": None}
+DEFAULT_EVALUATION = default_evaluation()
 DEFAULT_COMPARE = {"embedding_model": "none"}
 # The cache: top_k ids per token plus tail_samples ids drawn from the teacher's rest (docs/teacher_cache.md).
 # Cells up to max_temperature may read it; each measures it against its teacher on its first step and
@@ -59,10 +51,8 @@ DEFAULT_DATA = {"source": "llm-adapters", "local": None, "seed": 0, "n_train": N
                 "verify": True}
 
 
-
 def unknown_at(where: str, kind: str, name, known) -> KdgridError:
     return KdgridError(f"config key {where}: {unknown(kind, name, known)}")
-
 
 
 @dataclass(frozen=True)
@@ -148,7 +138,8 @@ def parse_families(config: dict) -> dict[str, FamilySpec]:
             raise KdgridError(f"config key {where}data.verify: false declares a local LLM-Adapters folder "
                               f"unverified; it needs data.source llm-adapters and data.local (downloads at the "
                               f"pinned commit are always verified)")
-        training = section(spec, "training", DEFAULT_TRAINING, where)
+        training = section(spec, "training", default_training(), where)
+        check_config(TrainConfig, "training", training, f"{where}training.")
         tasks = tuple(as_list(spec.get("tasks"), f"{where}tasks"))
         if not tasks:
             raise KdgridError(f"config key {where}tasks is empty: list the family's test tasks")

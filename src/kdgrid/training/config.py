@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
+from .. import options
 from ..errors import KdgridError
 from ..methods import METHODS, REGISTRY, cache_serves, get_method
+from ..options import option
 
 MODES = ("sft", "distill")
 FINETUNES = ("lora", "full")
@@ -17,46 +18,67 @@ DEFAULT_LORA_TARGETS = "q_proj,k_proj,v_proj,up_proj,down_proj"
 
 @dataclass
 class TrainConfig:
-    mode: str
-    model: str
-    data: str
-    out: str
-    teacher: str | None = None
-    teacher_cache: str | None = None
-    cache_max_loss_error: float | None = None
-    method: str | None = None
-    temperature: float = 1.0
-    noise_sigma: float = 0.0
-    beta: float = 0.5
-    lmbda: float = 0.5
-    skew: float = 0.1
-    kd_weight: float = 1.0
-    token_scope: str = "all"
-    finetune: str = "lora"
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    lora_targets: str = DEFAULT_LORA_TARGETS
-    lr: float = 3e-4
-    micro_batch_size: int = 4
-    grad_accum: int = 4
-    warmup_steps: int = 100
-    cutoff: int = 256
-    epochs: float = 4.0
-    max_steps: int = -1
-    seed: int = 42
-    zero_stage: int = 0
-    precision: str = "auto"
-    save_steps: int = 200
-    gkd_max_new_tokens: int = 128
-    loss_version: int | None = None
-    nproc: int = 1
-    cell: str | None = None
-    keep_checkpoints: bool = False  # keep checkpoints/ once model/ is published (decides nothing the model depends on)
+    """The options of `kdgrid train`. Those marked config="training" are a family's `training:` settings
+    in the config (their defaults are the grid's, in this order), those marked config="kd" the `kd:` ones."""
+
+    mode: str = option(choices=MODES, help="sft: fine-tune on the data; distill: learn from --teacher")
+    model: str = option(help="the model to train: a local HF folder or a hub id")
+    data: str = option(help="training set, LLM-Adapters JSON")
+    out: str = option(help="the cell folder: model/, train_log.jsonl, checkpoints/")
+    teacher: str | None = option(None, help="teacher model (distill): a local HF folder or a hub id")
+    teacher_cache: str | None = option(None, help="teacher-output cache (kdgrid teacher-outputs); used by "
+                                       "off-policy methods without noise instead of running the teacher")
+    cache_max_loss_error: float | None = option(
+        None, ge=0, help="with --teacher-cache and --teacher: the largest relative error of the first step's "
+        "loss (cache vs teacher) for which the cell reads the cache; above it the teacher runs online "
+        "(default per method: " + ", ".join(f"{m.name} {m.max_loss_error:g}" for m in REGISTRY.values()
+                                          if m.max_loss_error is not None) + ")")
+    method: str | None = option(None, choices=METHODS, help="KD method (distill), kdgrid.methods: " + ", ".join(
+        f"{m.name} = {m.label}" for m in REGISTRY.values()))
+    temperature: float = option(1.0, gt=0, help="divides both models' logits in the KD loss (scaled by its square)")
+    noise_sigma: float = option(0.0, ge=0, help="Gaussian noise N(0, s^2) on the teacher's logits")
+    beta: float = option(0.5, ge=0, le=1, config="kd",
+                         help="GKD: JSD(beta) as in the GKD paper and TRL >= 1: 0 forward KL, 1 reverse KL")
+    lmbda: float = option(0.5, ge=0, le=1, config="kd", help="GKD: share of batches on the student's own samples")
+    skew: float = option(0.1, ge=0, le=1, config="kd", help="skew_kl: skew of the teacher-student mixture")
+    kd_weight: float = option(1.0, ge=0, le=1, config="kd", help="w in (1 - w) CE + w KD")
+    finetune: str = option("lora", choices=FINETUNES, config="training", help="LoRA adapters or every weight")
+    lora_r: int = option(8, gt=0, config="training", only_if={"finetune": "lora"}, help="LoRA rank")
+    lora_alpha: int = option(16, gt=0, config="training", only_if={"finetune": "lora"}, help="LoRA alpha")
+    lora_dropout: float = option(0.05, ge=0, lt=1, config="training", only_if={"finetune": "lora"},
+                                 help="LoRA dropout")
+    lora_targets: str = option(DEFAULT_LORA_TARGETS, config="training", listed=True, only_if={"finetune": "lora"},
+                               help="comma-separated module names (a list in the config)")
+    lr: float = option(3e-4, gt=0, config="training", help="peak learning rate (linear schedule, AdamW)")
+    micro_batch_size: int = option(4, gt=0, config="training", help="per process")
+    grad_accum: int = option(4, gt=0, config="training",
+                             help="micro-batches per optimizer step, over all processes (divisible by --nproc)")
+    warmup_steps: int = option(100, ge=0, config="training", help="linear warmup, in optimizer steps")
+    cutoff: int = option(256, ge=8, config="training", help="maximum tokens per example")
+    # 4, not 4.0: the grid passes a default as `--epochs 4` (the command line parses it to 4.0)
+    epochs: float = option(4, gt=0, config="training", help="passes over the training set")
+    max_steps: int = option(-1, config="training", help="optimizer steps; -1: train --epochs")
+    token_scope: str = option("all", choices=TOKEN_SCOPES, config="training",
+                              help="tokens in the loss: all (prompt and response, the paper's code) or response")
+    seed: int = option(42, help="seed of the data order, the on-policy draws and the noise")
+    zero_stage: int = option(0, choices=(0, 1, 2, 3),
+                             help="DeepSpeed ZeRO stage; 0 runs without DeepSpeed (plain data parallel)")
+    precision: str = option("auto", choices=PRECISIONS, config="training",
+                            help="auto: bf16 (or fp16) on GPU, fp32 on CPU")
+    save_steps: int = option(200, gt=0, config="training", help="checkpoint every N optimizer steps")
+    gkd_max_new_tokens: int = option(128, gt=0, config="kd", help="GKD: most tokens of a student sample")
+    loss_version: int | None = option(None, help="the version of the method's loss definition the command was "
+                                      "written for; refused if this kdgrid computes another "
+                                      "(kdgrid.methods, Method.loss_version)")
+    nproc: int = option(1, gt=0, help="processes (GPUs); > 1 relaunches under torchrun")
+    cell: str | None = option(None, help="cell name for logs and errors (default: --out)")
+    # decides nothing the model depends on (not in `identity`)
+    keep_checkpoints: bool = option(False, cli_choices=(0, 1),
+                                    help="1: keep checkpoints/ once model/ is published (default 0: remove it then)")
 
     @classmethod
     def from_args(cls, args) -> TrainConfig:
-        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+        return options.from_args(cls, args)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -121,10 +143,7 @@ class TrainConfig:
         def bad(key: str, value, why: str) -> KdgridError:
             return KdgridError(f"--{key.replace('_', '-')} {value!r}: {why}")
 
-        for key, known in [("mode", MODES), ("finetune", FINETUNES), ("precision", PRECISIONS),
-                           ("token_scope", TOKEN_SCOPES)]:
-            if getattr(self, key) not in known:
-                raise bad(key, getattr(self, key), f"must be one of {', '.join(known)}")
+        options.check(self)  # every choice and bound of the fields above
         if self.mode == "sft":
             for key in ("teacher", "teacher_cache", "method"):
                 if getattr(self, key) is not None:
@@ -132,8 +151,6 @@ class TrainConfig:
         else:
             if self.method is None:
                 raise KdgridError(f"--mode distill needs --method (one of {', '.join(METHODS)})")
-            if self.method not in METHODS:
-                raise bad("method", self.method, f"must be one of {', '.join(METHODS)}")
             if not get_method(self.method).reads_logits and self.teacher_cache:
                 raise bad("teacher_cache", self.teacher_cache,
                           f"{self.method} trains on the teacher's responses (the --data file); it reads no "
@@ -148,32 +165,8 @@ class TrainConfig:
             if self.mode != "distill" or self.loss_version != current:
                 raise bad("loss_version", self.loss_version,
                           f"this kdgrid computes version {current} of the {self.method or self.mode} loss")
-        positive = {"temperature": self.temperature, "lr": self.lr, "epochs": self.epochs,
-                    "micro_batch_size": self.micro_batch_size, "grad_accum": self.grad_accum,
-                    "lora_r": self.lora_r, "lora_alpha": self.lora_alpha, "save_steps": self.save_steps,
-                    "nproc": self.nproc, "gkd_max_new_tokens": self.gkd_max_new_tokens}
-        for key, value in positive.items():
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise bad(key, value, "must be > 0")
-        for key in ("beta", "lmbda", "skew", "kd_weight"):
-            value = getattr(self, key)
-            if not 0.0 <= value <= 1.0:
-                raise bad(key, value, "must be in [0, 1]")
-        if self.cache_max_loss_error is not None and not (math.isfinite(self.cache_max_loss_error)
-                                                          and self.cache_max_loss_error >= 0):
-            raise bad("cache_max_loss_error", self.cache_max_loss_error, "must be >= 0 (a relative loss error)")
-        if not (math.isfinite(self.noise_sigma) and self.noise_sigma >= 0):
-            raise bad("noise_sigma", self.noise_sigma, "must be >= 0")
-        if not 0.0 <= self.lora_dropout < 1.0:
-            raise bad("lora_dropout", self.lora_dropout, "must be in [0, 1)")
-        if self.warmup_steps < 0:
-            raise bad("warmup_steps", self.warmup_steps, "must be >= 0")
-        if self.cutoff < 8:
-            raise bad("cutoff", self.cutoff, "must be at least 8 tokens")
         if self.max_steps == 0 or self.max_steps < -1:
             raise bad("max_steps", self.max_steps, "must be -1 (train --epochs) or > 0")
-        if self.zero_stage not in (0, 1, 2, 3):
-            raise bad("zero_stage", self.zero_stage, "must be 0, 1, 2 or 3")
         if self.finetune == "lora" and not self.lora_target_modules:
             raise bad("lora_targets", self.lora_targets, "names no module")
         return self
