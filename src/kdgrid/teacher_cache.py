@@ -329,7 +329,7 @@ def cache_teacher_outputs(teacher: str, data: str, top_k: int, temperatures: lis
     `kdgrid teacher-outputs`, checked by kdgrid.teacher_options.TeacherOutputsOptions). `widths` None: the
     teacher's width and every multiple of 128 from the tokenizer's length up to it; `device` "auto":
     cuda when available. The cache's meta records the teacher, its tokenizer and the tokenisation."""
-    from .training.data import load_tokenized, tokenizer_fingerprint
+    from .training.batches import load_tokenized, tokenizer_fingerprint
     from .training.model_io import (
         check_finite_weights,
         load_causal_lm,
