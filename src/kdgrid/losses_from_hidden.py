@@ -8,7 +8,7 @@ kdgrid.losses' own per-chunk code (`_dense_chunk`, `_sparse_chunk`), and that gr
 into the gradients w.r.t. the hidden rows (g @ W) and, when the output layer trains, the weight (g.T @ h)
 and bias. Only those ([masked tokens, H], and [V, H] for a trained weight) are kept for backward, which
 scales them: no logits are recomputed. The rows go through the output layer in blocks of HEAD_BLOCK_ELEMENTS
-logits (large matrix products), the divergence over sub-chunks of kdgrid.losses.CHUNK_ELEMENTS; at most one
+logits (large matrix products), the divergence over sub-chunks of SUB_CHUNK_ELEMENTS; at most one
 block's logits (then its gradient, written over them) and one sub-chunk's intermediates exist at a time.
 
 `teacher` is the teacher's logits [batch, seq, V_T], a `SparseTeacher` from the cache, or the teacher's
@@ -28,9 +28,12 @@ from . import losses
 from .errors import KdgridError
 from .teacher_cache import SparseTeacher
 
-# Logits of one block of rows through the output layer (3 x kdgrid.losses.CHUNK_ELEMENTS: 48 MiB in float32,
-# 82 rows at a 152k vocabulary); the block's gradient overwrites them.
+# Logits of one block of rows through the output layer (48 MiB in float32, 82 rows at a 152k vocabulary); the
+# block's gradient overwrites them. The divergence runs over sub-chunks of SUB_CHUNK_ELEMENTS (4 MiB): its
+# elementwise work does not need large chunks, and small ones keep the CPU heap from holding freed 16 MiB
+# intermediates (benchmarks/loss_from_hidden.py: peak 471 MiB with 16 MiB sub-chunks, 239 MiB with 4 MiB).
 HEAD_BLOCK_ELEMENTS = 3 << 22
+SUB_CHUNK_ELEMENTS = 1 << 20
 
 
 class StudentHead:
@@ -120,10 +123,10 @@ class _TeacherHead:
 
 
 # --- one block of rows: its loss, its logits overwritten by their gradient (need_grad), from kdgrid.losses'
-# chunk code run over sub-chunks of CHUNK_ELEMENTS ------------------------------------------------------------
+# chunk code run over sub-chunks of SUB_CHUNK_ELEMENTS --------------------------------------------------------
 
 def _sub_chunks(n: int, width: int):
-    step = max(1, losses.CHUNK_ELEMENTS // width)
+    step = max(1, SUB_CHUNK_ELEMENTS // width)
     return [slice(start, min(start + step, n)) for start in range(0, n, step)]
 
 
