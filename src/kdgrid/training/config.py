@@ -72,6 +72,10 @@ class TrainConfig:
                                       "(kdgrid.methods, Method.loss_version)")
     nproc: int = option(1, gt=0, help="processes (GPUs); > 1 relaunches under torchrun")
     cell: str | None = option(None, help="cell name for logs and errors (default: --out)")
+    fused_loss: bool = option(True, cli_choices=(0, 1),
+                              help="1 (default): the loss from the last hidden states and the output layer, chunked, "
+                                   "without the full logits (kdgrid.losses_from_hidden); 0: from the model's logits "
+                                   "(the same values to float rounding)")
     # decides nothing the model depends on (not in `identity`)
     keep_checkpoints: bool = option(False, cli_choices=(0, 1),
                                     help="1: keep checkpoints/ once model/ is published (default 0: remove it then)")
