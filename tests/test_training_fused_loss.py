@@ -74,7 +74,7 @@ def make_trainer(cfg: TrainConfig, student, teacher, examples, workdir):
 
 def one_step(cfg_args: dict, models, examples, workdir):
     """(loss, gradients, updated trainable weights) of one training step, fused and on logits."""
-    from kdgrid.training.data import Collator, ExampleDataset
+    from kdgrid.training.batches import Collator, ExampleDataset
 
     batch = Collator(pad_token_id=0)([ExampleDataset(examples)[i] for i in range(len(examples))])
     results = []
