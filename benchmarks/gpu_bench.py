@@ -311,12 +311,12 @@ def _train_config(ctx: Context, cell: str, finetune: str, teacher: str | None = 
     common = {"model": p.student, "data": str(ctx.workdir / "unused.json"), "out": str(ctx.workdir / cell),
               "finetune": finetune, "micro_batch_size": p.batch, "grad_accum": p.grad_accum, "cutoff": max(8, p.seq),
               "precision": p.precision, "cell": cell, "zero_stage": zero_stage, **extra}
-    if teacher is None:
+    if teacher is None and cache is None:
         return TrainConfig(mode="sft", **common)
     return TrainConfig(mode="distill", method="fkl", temperature=1.0, teacher=teacher, teacher_cache=cache, **common)
 
 
-def measure_train_step(ctx: Context, cfg, teacher=None, examples=None, batches=None) -> dict:
+def measure_train_step(ctx: Context, cfg, teacher=None, examples=None, batches=None, teacher_name=None) -> dict:
     """One variant: a fresh student, a KDTrainer as `kdgrid train` sets it up, timed optimizer steps."""
     from step_cost import make_trainer, optimizer_step
 
@@ -336,7 +336,7 @@ def measure_train_step(ctx: Context, cfg, teacher=None, examples=None, batches=N
     tokens = p.grad_accum * p.batch * p.seq
     if teacher is not None and cfg.teacher_source == "model":
         n_flops += flops_per_token(teacher, p.seq, "forward")
-    row = {"finetune": cfg.finetune, "teacher_source": cfg.teacher_source, "teacher": cfg.teacher,
+    row = {"finetune": cfg.finetune, "teacher_source": cfg.teacher_source, "teacher": teacher_name,
            **ctx.rates(seconds, tokens, n_flops * tokens), "micro_batches_per_step": p.grad_accum,
            "memory_before_mib": start_mib, "memory_models_resident_mib": resident, "peak_memory_mib": ctx.peak_memory(),
            "trainable_params": sum(x.numel() for x in trainer.model.parameters() if x.requires_grad)}
@@ -393,7 +393,8 @@ def section_train_steps(ctx: Context, results: dict, budget: Budget) -> None:
             if "teacher" not in state:
                 raise Skip(f"teacher {teacher_name} was not built")
             cfg = _train_config(ctx, f"kd-online-{finetune}-{teacher_name}", finetune, teacher=teacher_name)
-            return measure_train_step(ctx, cfg, teacher=state["teacher"], examples=examples, batches=batches)
+            return measure_train_step(ctx, cfg, teacher=state["teacher"], examples=examples, batches=batches,
+                                      teacher_name=teacher_name)
 
         def drop_teacher(state=state):
             state.pop("teacher", None)
@@ -404,7 +405,7 @@ def section_train_steps(ctx: Context, results: dict, budget: Budget) -> None:
             if "cache" not in state:
                 raise Skip(f"no cache of teacher {teacher_name}")
             cfg = _train_config(ctx, f"kd-cache-{finetune}-{teacher_name}", finetune, teacher=None, cache=state["cache"])
-            return measure_train_step(ctx, cfg, examples=examples, batches=batches)
+            return measure_train_step(ctx, cfg, examples=examples, batches=batches, teacher_name=teacher_name)
 
         parts += [(f"teacher_{teacher_name}", build_teacher),
                   *[(f"kd_online_{ft}_{teacher_name}", lambda ft=ft, f=online: f(ft)) for ft in ("lora", "full")],

@@ -69,6 +69,7 @@ def test_training_steps_of_every_variant(report):
             assert "budget" in row["skipped"]
             continue
         assert (row["teacher_source"], row["finetune"]) == (source, finetune)
+        assert row["teacher"] == (None if source == "none" else teacher)
         assert row["tokens_per_step"] == tokens and len(row["all_ms"]) == setup["timed_steps"]
         assert row["tokens_per_s"] == pytest.approx(tokens / (row["median_ms"] / 1e3))
         assert row["mfu"] is None and row["peak_memory_mib"] is None  # CPU: neither
