@@ -386,6 +386,8 @@ def _token_weights(mask: torch.Tensor, per_sequence: bool):
 
 
 def _divergence(terms, student_logits, teacher_logits, mask, temperature, per_sequence, tail=None):
+    if isinstance(student_logits, StudentHead):  # hidden states and output layer instead of logits
+        return student_logits.divergence(terms, teacher_logits, mask, temperature, per_sequence, tail)
     _check_inputs(student_logits, teacher_logits, mask, temperature)
     teacher_width = teacher_logits.width if isinstance(teacher_logits, SparseTeacher) else teacher_logits.shape[-1]
     width = min(student_logits.shape[-1], teacher_width)
@@ -479,3 +481,6 @@ def mix_with_ce(ce_loss: torch.Tensor | None, kd: torch.Tensor, kd_weight: float
     if ce_loss is None:
         raise KdgridError(f"kd_weight {kd_weight} < 1 needs the cross-entropy loss")
     return (1.0 - kd_weight) * ce_loss + kd_weight * kd
+
+
+from .losses_from_hidden import StudentHead, linear_cross_entropy, linear_kd_loss  # noqa: F401

@@ -53,6 +53,9 @@ def add_arguments(p) -> None:
                    "was written for; refused if this kdgrid computes another (kdgrid.training.config.LOSS_VERSIONS)")
     p.add_argument("--nproc", type=int, default=1, help="processes (GPUs); > 1 relaunches under torchrun")
     p.add_argument("--cell", help="cell name for logs and errors (default: --out)")
+    p.add_argument("--fused-loss", type=int, choices=(0, 1), default=1,
+                   help="1 (default): the loss from the last hidden states and the output layer, chunked, without "
+                        "the full logits; 0: from the model's logits (the same values to float rounding)")
     p.add_argument("--keep-checkpoints", type=int, choices=(0, 1), default=0,
                    help="1: keep checkpoints/ once model/ is published (default 0: remove it then)")
 

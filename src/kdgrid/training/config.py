@@ -59,6 +59,7 @@ class TrainConfig:
     loss_version: int | None = None
     nproc: int = 1
     cell: str | None = None
+    fused_loss: bool = True  # losses from the last hidden states and the output layer, no full logits (kdgrid.losses_from_hidden)
     keep_checkpoints: bool = False  # keep checkpoints/ once model/ is published (decides nothing the model depends on)
 
     @classmethod

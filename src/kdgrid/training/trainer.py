@@ -4,6 +4,13 @@ One micro-batch: (for on-policy GKD, maybe replace the responses by the student'
 student forward -> cross-entropy (SFT, seqkd) or the KD loss of `kdgrid.losses` against the
 teacher's logits (online, optionally with Gaussian noise) or the teacher-output cache.
 Everything else (optimizer, schedule, accumulation, DeepSpeed, checkpoints) is the Trainer's.
+
+With `cfg.fused_loss` (the default) no model forms its full logits: the forward runs with the output
+layer passing its input through, and the losses take the last hidden states and the output layer's
+weight (`kdgrid.losses.linear_kd_loss`, `linear_cross_entropy`), for SFT and KD alike; an online teacher
+gives its hidden states and head the same way (with teacher noise, its logits). The logits path remains
+where the output layer is not a plain Linear (LoRA on lm_head) or is sharded (ZeRO-3), and with
+`fused_loss` off.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import math
 import random
 import resource
 import time
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +36,37 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     total = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100,
                             reduction="sum")
     return total / targets.ne(-100).sum().clamp(min=1)
+
+
+def next_token_loss(student, labels: torch.Tensor) -> torch.Tensor:
+    """causal_lm_loss of the student's logits, or of its hidden states and output layer (a StudentHead)."""
+    from ..losses import StudentHead, linear_cross_entropy
+
+    if isinstance(student, StudentHead):
+        return linear_cross_entropy(student.hidden, student.weight, labels, student.bias)
+    return causal_lm_loss(student, labels)
+
+
+def fusable_output_layer(model):
+    """The output layer of a causal LM (PEFT-wrapped or not) if the losses can take it apart from the
+    forward (a plain Linear), else None."""
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if get is not None else None
+    return head if type(head) is torch.nn.Linear else None
+
+
+@contextmanager
+def output_layer_passes_through(head: torch.nn.Module):
+    """Within it, `head` returns its input: the model's `.logits` are its last hidden states."""
+    head.forward = _identity
+    try:
+        yield head
+    finally:
+        del head.forward
+
+
+def _identity(x):
+    return x
 
 
 class CacheCheck:
@@ -123,14 +162,20 @@ class KDTrainer(Trainer):
         torch.distributed.all_reduce(on_device)
         return on_device.cpu()
 
-    def _check_cache(self, logits, kd_mask, example_index, online_kd, kwargs) -> None:
-        """One micro-batch of the cache check: the cached loss beside the online one; decide when done."""
-        from ..losses import kd_loss
+    def _check_cache(self, student, kd_mask, example_index, online_kd, kwargs) -> None:
+        """One micro-batch of the cache check: the cached loss beside the online one; decide when done.
+        `student`: its logits or a StudentHead."""
+        from ..losses import StudentHead, kd_loss
 
         with torch.no_grad():
-            sparse = self.teacher_cache.batch(example_index.tolist(), logits.shape[1], self.cfg.temperature,
-                                              logits.device, width=self.student_width)
-            cached = kd_loss(self.cfg.method, logits.detach(), sparse, kd_mask, **kwargs)
+            sparse = self.teacher_cache.batch(example_index.tolist(), kd_mask.shape[1], self.cfg.temperature,
+                                              kd_mask.device, width=self.student_width)
+            if isinstance(student, StudentHead):
+                student = StudentHead(student.hidden.detach(), student.weight.detach(),
+                                      None if student.bias is None else student.bias.detach())
+            else:
+                student = student.detach()
+            cached = kd_loss(self.cfg.method, student, sparse, kd_mask, **kwargs)
             rest_mass = (sparse.rest_lse - sparse.lse).exp()[kd_mask.bool()]
         if self.cache_check.add(online_kd.detach(), cached, rest_mass.float().cpu()):
             self.teacher_signal = self.cache_check.decide(self._all_reduce)
@@ -140,10 +185,17 @@ class KDTrainer(Trainer):
                 self.on_teacher_signal(self.teacher_signal)
 
     @torch.no_grad()
-    def teacher_outputs(self, input_ids, attention_mask, example_index):
+    def teacher_outputs(self, input_ids, attention_mask, example_index, fused: bool = False):
+        """The cache's SparseTeacher, or the online teacher's logits; with `fused` (and no noise) the
+        teacher's (last hidden states, output-layer weight, bias) instead of its logits."""
         if self.teacher_cache is not None and self.cache_check is None:
             return self.teacher_cache.batch(example_index.tolist(), input_ids.shape[1], self.cfg.temperature,
                                             input_ids.device, width=self.student_width)
+        head = fusable_output_layer(self.teacher) if fused and self.cfg.noise_sigma == 0 else None
+        if head is not None:
+            with output_layer_passes_through(head):
+                hidden = self.teacher(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+            return hidden, head.weight, head.bias
         logits = self.teacher(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
         if self.cfg.noise_sigma > 0:
             step, micro = self._micro
@@ -219,8 +271,14 @@ class KDTrainer(Trainer):
             inputs["example_index"] = example_index
         return inputs
 
+    def _student_output_layer(self, model):
+        """The student's output layer for the losses from hidden states, or None: the logits path."""
+        if not self.cfg.fused_loss or (self.is_deepspeed_enabled and self.cfg.zero_stage == 3):
+            return None
+        return fusable_output_layer(self.accelerator.unwrap_model(model))
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        from ..losses import kd_loss, mix_with_ce
+        from ..losses import StudentHead, kd_loss, mix_with_ce
 
         step = self.state.global_step
         self._micro = (step, self._micro[1] + 1) if self._micro[0] == step else (step, 0)
@@ -232,21 +290,27 @@ class KDTrainer(Trainer):
                 input_ids, attention_mask, labels, kd_mask = replaced
         self._tokens_since_log += attention_mask.sum()
 
-        outputs = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        logits = outputs.logits
+        head = self._student_output_layer(model)
+        if head is None:
+            outputs = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            student = outputs.logits
+        else:  # outputs.logits are the last hidden states
+            with output_layer_passes_through(head):
+                outputs = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            student = StudentHead(outputs.logits, head.weight, head.bias)
         if not self.cfg.uses_teacher:
-            loss = causal_lm_loss(logits, labels)
+            loss = next_token_loss(student, labels)
         else:
-            teacher = self.teacher_outputs(input_ids, attention_mask, inputs["example_index"])
+            teacher = self.teacher_outputs(input_ids, attention_mask, inputs["example_index"], fused=head is not None)
             kwargs = {"temperature": self.cfg.temperature}
             if self.cfg.method == "gkd":
                 kwargs["beta"] = self.cfg.beta
             elif self.cfg.method == "skew_kl":
                 kwargs["skew"] = self.cfg.skew
-            kd = kd_loss(self.cfg.method, logits, teacher, kd_mask, **kwargs)
+            kd = kd_loss(self.cfg.method, student, teacher, kd_mask, **kwargs)
             if self.cache_check is not None:
-                self._check_cache(logits, kd_mask, inputs["example_index"], kd, kwargs)
-            ce = causal_lm_loss(logits, labels) if self.cfg.kd_weight < 1 else None
+                self._check_cache(student, kd_mask, inputs["example_index"], kd, kwargs)
+            ce = next_token_loss(student, labels) if self.cfg.kd_weight < 1 else None
             loss = mix_with_ce(ce, kd, self.cfg.kd_weight)
         return (loss, outputs) if return_outputs else loss
 

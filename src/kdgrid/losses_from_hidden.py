@@ -1,0 +1,257 @@
+"""The KD losses and the cross-entropy straight from last hidden states: no [tokens, vocab] tensor.
+
+`linear_kd_loss(hidden, weight, teacher, mask, method, ...)` is `kdgrid.losses.kd_loss(method, hidden @
+weight.T (+ bias), teacher, mask, ...)` (same methods, settings, averaging, temperature² scaling, masking
+and vocabulary-width slicing) without the student's logits: the masked rows of `hidden` go through the
+output layer a chunk of rows at a time, each chunk's loss and gradient w.r.t. its logits come from
+kdgrid.losses' own per-chunk code (`_dense_chunk`, `_sparse_chunk`), and that gradient is turned at once
+into the gradients w.r.t. the hidden rows (g @ W) and, when the output layer trains, the weight (g.T @ h)
+and bias. Only those ([masked tokens, H], and [V, H] for a trained weight) are kept for backward, which
+scales them: no logits are recomputed, and at most one chunk's logits (CHUNK_ELEMENTS elements) exist.
+
+`teacher` is the teacher's logits [batch, seq, V_T], a `SparseTeacher` from the cache, or the teacher's
+own `(hidden, weight)` / `(hidden, weight, bias)`, whose logits are then formed per chunk too.
+
+`linear_cross_entropy(hidden, weight, labels)` is the trainer's `causal_lm_loss` (next-token
+cross-entropy, mean over the targets) computed the same way, so that SFT and KD steps pay alike.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import losses
+from .errors import KdgridError
+from .teacher_cache import SparseTeacher
+
+
+class StudentHead:
+    """The student's last hidden states and output layer, standing in for its logits in kdgrid.losses:
+    `losses._divergence` hands a StudentHead's loss to `divergence` below."""
+
+    def __init__(self, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        _check_head("student", hidden, weight, bias)
+        self.hidden, self.weight, self.bias = hidden, weight, bias
+
+    def divergence(self, terms, teacher, mask, temperature, per_sequence, tail):
+        hidden, weight, bias = self.hidden, self.weight, self.bias
+        teacher_pair = isinstance(teacher, (tuple, list))
+        if teacher_pair:
+            if len(teacher) not in (2, 3):
+                raise KdgridError("a teacher given as a tuple must be (hidden, weight) or (hidden, weight, bias)")
+            teacher_head = tuple(teacher) + (None,) * (3 - len(teacher))
+            _check_head("teacher", *teacher_head)
+            teacher_width = teacher_head[1].shape[0]
+        elif isinstance(teacher, SparseTeacher):
+            teacher_width = teacher.width
+        elif isinstance(teacher, torch.Tensor):
+            teacher_width = teacher.shape[-1]
+        else:
+            raise KdgridError("teacher must be [batch, seq, vocab] logits, a SparseTeacher or a (hidden, weight) pair")
+        # the shapes, mask and temperature checked as kdgrid.losses checks them (hidden's [batch, seq] for the logits')
+        losses._check_inputs(hidden, teacher_head[0] if teacher_pair else teacher, mask, temperature)
+        width = min(weight.shape[0], teacher_width)
+        rows, _, row_weights = losses._token_weights(mask.to(hidden.device), per_sequence)
+        if isinstance(teacher, SparseTeacher):
+            if width < teacher.width:
+                raise KdgridError(f"the cached teacher rows cover {teacher.width} logits, the student has "
+                                  f"{width}: take the cache batch at the student's width (TeacherCache.batch(width=...))")
+            if rows.numel() and bool((teacher.topk_ids.reshape(-1, teacher.k)[rows, 0] < 0).any()):
+                raise KdgridError("the mask selects a position the teacher cache has no row for "
+                                  "(cached example shorter than the training sequence)")
+            chunk_loss = _SparseTeacherRows(teacher, rows, terms, float(temperature), width, tail)
+        elif teacher_pair:
+            chunk_loss = _DenseTeacherRows(_TeacherHead(*teacher_head, rows, width), terms, float(temperature))
+        else:
+            logits = teacher.detach()
+            chunk_loss = _DenseTeacherRows(logits.reshape(-1, logits.shape[-1])[rows, :width], terms,
+                                           float(temperature))
+        hidden_rows = hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows)
+        return _head_loss(hidden_rows, weight, bias, width, chunk_loss, row_weights * temperature**2)
+
+
+def _check_head(side, hidden, weight, bias):
+    if not isinstance(hidden, torch.Tensor) or hidden.dim() != 3:
+        raise KdgridError(f"the {side}'s hidden states must be a [batch, seq, hidden] tensor, got shape "
+                          f"{tuple(getattr(hidden, 'shape', ()))}")
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
+        raise KdgridError(f"the {side}'s output-layer weight must be [vocab, {hidden.shape[-1]}] (its hidden size), "
+                          f"got shape {tuple(getattr(weight, 'shape', ()))}")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise KdgridError(f"the {side}'s output-layer bias must be [{weight.shape[0]}], got {tuple(bias.shape)}")
+
+
+def _logits(hidden_rows, weight, bias, width, dtype):
+    """One chunk's logits [n, width] in the compute dtype (the matmul in the weights' own dtype)."""
+    weight = weight[:width]
+    if bias is None:
+        out = hidden_rows.to(weight.dtype) @ weight.T
+    else:
+        out = torch.addmm(bias[:width], hidden_rows.to(weight.dtype), weight.T)
+    return out.to(dtype)
+
+
+class _TeacherHead:
+    """The teacher's logits at the masked rows, formed a chunk at a time from its hidden states."""
+
+    def __init__(self, hidden, weight, bias, rows, width):
+        self.hidden_rows = hidden.detach().reshape(-1, hidden.shape[-1]).index_select(0, rows)
+        self.weight, self.bias, self.width = weight.detach(), None if bias is None else bias.detach(), width
+
+    def __getitem__(self, chunk: slice):
+        dtype = torch.promote_types(self.hidden_rows.dtype, torch.float32)
+        return _logits(self.hidden_rows[chunk], self.weight, self.bias, self.width, dtype)
+
+
+# --- one chunk of rows: (loss, gradient w.r.t. its logits or None), from kdgrid.losses' chunk code -----
+
+class _DenseTeacherRows:
+    def __init__(self, teacher_rows, terms, temperature):
+        self.teacher_rows, self.terms, self.temperature = teacher_rows, terms, temperature
+
+    def __call__(self, chunk: slice, logits, weights, need_grad):
+        teacher = self.teacher_rows[chunk].to(logits.dtype)
+        # finite logits give finite log-probabilities: the divergences can skip their zero-probability guards
+        zeros = not (bool(torch.isfinite(logits).all()) and bool(torch.isfinite(teacher).all()))
+        return losses._dense_chunk(logits, teacher, weights, self.terms, self.temperature, need_grad, zeros)
+
+
+class _SparseTeacherRows:
+    def __init__(self, teacher: SparseTeacher, rows, terms, temperature, width, tail):
+        k = teacher.k
+        self.rows = [teacher.topk_logits.reshape(-1, k)[rows], teacher.topk_ids.reshape(-1, k)[rows],
+                     teacher.rest_lse.reshape(-1)[rows]]
+        samples = teacher.tail_samples if tail is not None else 0
+        if samples:
+            self.rows += [teacher.tail_logits.reshape(-1, samples)[rows], teacher.tail_ids.reshape(-1, samples)[rows]]
+        self.terms, self.temperature, self.tail = terms, temperature, tail
+        self.buffer = None
+        self.width = width
+
+    def __call__(self, chunk: slice, logits, weights, need_grad):
+        n = logits.shape[0]
+        if self.buffer is None or self.buffer.numel() < n * self.width + 1 or self.buffer.dtype != logits.dtype:
+            self.buffer = torch.empty(n * self.width + 1, dtype=logits.dtype, device=logits.device)
+        topk_logits, topk_ids, rest_lse, *tail_rows = (t[chunk] for t in self.rows)
+        tail_args = (self.tail, tail_rows[0].to(logits.dtype), tail_rows[1].long()) if tail_rows else ()
+        buffer = self.buffer[: n * self.width + 1]
+        local = torch.arange(n, device=logits.device)
+        return losses._sparse_chunk(buffer, logits, local, topk_logits.to(logits.dtype), topk_ids.long(),
+                                    rest_lse.to(logits.dtype), weights, self.terms, self.temperature, need_grad,
+                                    *tail_args)
+
+
+class _TargetRows:
+    """Cross-entropy of each row's logits against its target id."""
+
+    def __init__(self, targets):
+        self.targets = targets
+
+    def __call__(self, chunk: slice, logits, weights, need_grad):
+        targets = self.targets[chunk]
+        log_z = torch.logsumexp(logits, 1)
+        loss = ((log_z - logits.gather(1, targets[:, None]).squeeze(1)) * weights).sum()
+        if not need_grad:
+            return loss, None
+        grad = torch.softmax(logits, 1).mul_(weights[:, None])
+        grad[torch.arange(len(targets), device=grad.device), targets] -= weights
+        return loss, grad
+
+
+# --- the chunked head: forward computes the loss and every gradient, backward scales them ---------------
+
+def _head_loss(hidden_rows, weight, bias, width, chunk_loss, row_weights):
+    wants = (hidden_rows.requires_grad, weight.requires_grad, bias is not None and bias.requires_grad)
+    need = torch.is_grad_enabled() and any(wants)
+    return _HeadChunks.apply(hidden_rows, weight, bias, width, chunk_loss, row_weights,
+                             tuple(w and need for w in wants))
+
+
+class _HeadChunks(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden_rows, weight, bias, width, chunk_loss, row_weights, needs):
+        need_hidden, need_weight, need_bias = needs
+        need_grad = any(needs)
+        compute_dtype = torch.promote_types(hidden_rows.dtype, torch.float32)
+        device = hidden_rows.device
+        n = hidden_rows.shape[0]
+        grad_hidden = torch.zeros(hidden_rows.shape, dtype=compute_dtype, device=device) if need_hidden else None
+        grad_weight = torch.zeros(weight.shape, dtype=compute_dtype, device=device) if need_weight else None
+        grad_bias = torch.zeros(bias.shape, dtype=compute_dtype, device=device) if need_bias else None
+        total = torch.zeros((), dtype=torch.float64, device=device)
+        step = max(1, losses.CHUNK_ELEMENTS // width)
+        for start in range(0, n, step):
+            chunk = slice(start, min(start + step, n))
+            h = hidden_rows[chunk].detach()
+            logits = _logits(h, weight.detach(), None if bias is None else bias.detach(), width, compute_dtype)
+            loss, grad = chunk_loss(chunk, logits, row_weights[chunk].to(compute_dtype), need_grad)
+            total += loss.double()
+            if grad is None:
+                continue
+            if need_hidden:
+                grad_hidden[chunk] = grad.to(weight.dtype) @ weight.detach()[:width]
+            if need_weight:
+                grad_weight[:width].addmm_(grad.T, h.to(compute_dtype))
+            if need_bias:
+                grad_bias[:width] += grad.sum(0)
+        saved = (grad_hidden, grad_weight, grad_bias)
+        ctx.saved = tuple(None if g is None else (g if g.dtype == t.dtype else g.to(t.dtype))
+                          for g, t in zip(saved, (hidden_rows, weight, bias)))
+        ctx.applied_scale = None
+        return total.to(compute_dtype)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        # As kdgrid.losses' _ChunkedDivergence: the saved gradients are scaled in place (no second
+        # [V, H] tensor for a trained weight); a repeated backward undoes the scale.
+        scale = float(grad_output)
+        grads = ctx.saved
+        if ctx.applied_scale is not None:
+            out = tuple(None if g is None else g * (scale / ctx.applied_scale) for g in grads)
+        elif scale == 0.0 or not math.isfinite(scale):
+            out = tuple(None if g is None else g * scale for g in grads)
+        else:
+            if scale != 1.0:
+                for g in grads:
+                    if g is not None:
+                        g.mul_(scale)
+            ctx.applied_scale = scale
+            out = grads
+        return (*out, None, None, None, None)
+
+
+# --- public ---------------------------------------------------------------------------------------------
+
+def linear_kd_loss(hidden: torch.Tensor, weight: torch.Tensor, teacher, mask: torch.Tensor, method: str,
+                   temperature: float = 1.0, *, bias: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+    """`kdgrid.losses.kd_loss(method, hidden @ weight.T + bias, teacher, mask, temperature=..., **kwargs)`
+    without forming the student's logits (or the teacher's, given as `(hidden, weight[, bias])`).
+
+    hidden [batch, seq, H] the student's last hidden states, weight [V, H] (and bias [V]) its output layer;
+    teacher: logits [batch, seq, V_T], a SparseTeacher, or (hidden [batch, seq, H_T], weight [V_T, H_T][, bias]).
+    kwargs: the method's settings (beta, skew). Differentiable w.r.t. hidden, weight and bias.
+    """
+    return losses.kd_loss(method, StudentHead(hidden, weight, bias), teacher, mask, temperature=temperature,
+                          **kwargs)
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                         bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean next-token cross-entropy over the targets (labels != -100) of hidden @ weight.T + bias: position
+    t predicts labels[:, t + 1], as `kdgrid.training.trainer.causal_lm_loss`; 0 without targets."""
+    _check_head("student", hidden, weight, bias)
+    if tuple(labels.shape) != tuple(hidden.shape[:2]):
+        raise KdgridError(f"labels shape {tuple(labels.shape)} does not match the hidden states' [batch, seq] "
+                          f"{tuple(hidden.shape[:2])}")
+    targets = labels[:, 1:].to(hidden.device)
+    counted = targets.ne(-100)
+    rows = torch.nonzero(counted.reshape(-1)).squeeze(1)
+    target_ids = targets.reshape(-1)[rows].long()
+    vocab = weight.shape[0]
+    if rows.numel() and bool(((target_ids < 0) | (target_ids >= vocab)).any()):
+        raise KdgridError(f"a label is outside the output layer's {vocab} ids")
+    hidden_rows = hidden[:, :-1].reshape(-1, hidden.shape[-1]).index_select(0, rows)
+    row_weights = torch.full((rows.numel(),), 1.0 / max(rows.numel(), 1), device=hidden.device)
+    return _head_loss(hidden_rows, weight, bias, vocab, _TargetRows(target_ids), row_weights)
