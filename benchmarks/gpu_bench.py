@@ -100,7 +100,7 @@ PROFILES = {
                     batch=4, seq=256, grad_accum=4, warmup=2, reps=5, top_k=64, tail_samples=64,
                     fused_shape=(4, 256, 896, 2048, 151_936), fused_masked_prompt=32, fused_reps=5,
                     zero3_teacher="qwen2.5-7b", gen_batch=16, gen_prompt=128, gen_new_tokens=256, matmul_n=8192,
-                    budgets={"machine": 15, "train_steps": 100, "fused_loss": 40, "zero3": 60, "generation": 45}),
+                    budgets={"machine": 15, "train_steps": 100, "fused_loss": 50, "zero3": 60, "generation": 45}),
     "tiny": Profile(device="cpu", precision="fp32", student="tiny-student", teachers=("tiny-teacher-wide",),
                     batch=2, seq=16, grad_accum=2, warmup=1, reps=2, top_k=8, tail_samples=4,
                     fused_shape=(2, 16, 32, 48, 640), fused_masked_prompt=4, fused_reps=2,
@@ -337,6 +337,7 @@ def measure_train_step(ctx: Context, cfg, teacher=None, examples=None, batches=N
     if teacher is not None and cfg.teacher_source == "model":
         n_flops += flops_per_token(teacher, p.seq, "forward")
     row = {"finetune": cfg.finetune, "teacher_source": cfg.teacher_source, "teacher": teacher_name,
+           "fused_loss": getattr(cfg, "fused_loss", False),
            **ctx.rates(seconds, tokens, n_flops * tokens), "micro_batches_per_step": p.grad_accum,
            "memory_before_mib": start_mib, "memory_models_resident_mib": resident, "peak_memory_mib": ctx.peak_memory(),
            "trainable_params": sum(x.numel() for x in trainer.model.parameters() if x.requires_grad)}
@@ -437,9 +438,14 @@ def _linear_kd_loss():
 
 
 def section_fused_loss(ctx: Context, results: dict, budget: Budget) -> None:
+    """(a) The loss alone at the issue's sizes (float32, output layers frozen): linear_kd_loss against
+    kd_loss on materialised logits, with the teacher as its (hidden, head) pair, as logits, and as the
+    cache's SparseTeacher; every method. (b) Training steps through KDTrainer with TrainConfig.fused_loss
+    on (the default, what train_steps measures) and off (the logits path), LoRA, the first teacher."""
     linear_kd_loss = _linear_kd_loss()
     torch = ctx.torch
     from kdgrid.losses import kd_loss
+    from kdgrid.teacher_cache import compute_teacher_outputs
 
     p = ctx.profile
     batch, seq, h_student, h_teacher, vocab = p.fused_shape
@@ -448,8 +454,11 @@ def section_fused_loss(ctx: Context, results: dict, budget: Budget) -> None:
     results["setup"] = {"batch": batch, "seq": seq, "student_hidden": h_student, "teacher_hidden": h_teacher,
                         "vocab": vocab, "dtype": "float32", "masked_prompt_tokens": p.fused_masked_prompt,
                         "output_layers": "frozen", "temperature": 1.0, "reps": p.fused_reps,
-                        "logits_path": "student logits = hidden @ W.T materialised, then kdgrid.losses.kd_loss",
-                        "fused_path": "kdgrid.losses.linear_kd_loss(hidden, W, teacher, mask, method)"}
+                        "top_k": p.top_k, "tail_samples": p.tail_samples,
+                        "logits_path": "student logits = hidden @ W.T materialised, then kdgrid.losses.kd_loss "
+                                       "(with the teacher's logits, or the SparseTeacher)",
+                        "fused_path": "kdgrid.losses.linear_kd_loss(hidden, W, teacher, mask, method)",
+                        "peak_added": "peak GPU memory of one forward + backward above what was allocated before"}
     weight = torch.randn(vocab, h_student, device=device, generator=g) * 0.02
     hidden0 = torch.randn(batch, seq, h_student, device=device, generator=g)
     t_weight = torch.randn(vocab, h_teacher, device=device, generator=g) * 0.02
@@ -459,14 +468,22 @@ def section_fused_loss(ctx: Context, results: dict, budget: Budget) -> None:
     with torch.no_grad():
         t_logits = t_hidden @ t_weight.T
 
+    class RowsOfTeacher(torch.nn.Module):  # example i (its ids all i) -> row i of the teacher's logits
+        def forward(self, input_ids, attention_mask):
+            return type("Out", (), {"logits": t_logits[input_ids[:, 0]]})
+
+    cache = compute_teacher_outputs(RowsOfTeacher(), [[i] * seq for i in range(batch)], p.top_k, [1.0],
+                                    batch_size=batch, device=device, tail_samples=p.tail_samples)
+    sparse = cache.batch(list(range(batch)), seq, 1.0, device, width=vocab)
+    teachers = {"pair": ((t_hidden, t_weight), t_logits), "logits": (t_logits, t_logits), "sparse": (sparse, sparse)}
+
     def run(path: str, method: str, teacher_form: str):
         hidden = hidden0.clone().requires_grad_(True)
-        teacher = {"logits": t_logits, "pair": (t_hidden, t_weight)}[teacher_form]
+        fused_teacher, logits_teacher = teachers[teacher_form]
         if path == "logits":
-            teacher = t_logits  # the logits path needs the teacher's logits in full
-            loss = kd_loss(method, hidden @ weight.T, teacher, mask)
+            loss = kd_loss(method, hidden @ weight.T, logits_teacher, mask)
         else:
-            loss = linear_kd_loss(hidden, weight, teacher, mask, method)
+            loss = linear_kd_loss(hidden, weight, fused_teacher, mask, method)
         loss.backward()
         return loss.detach(), hidden.grad
 
@@ -489,9 +506,75 @@ def section_fused_loss(ctx: Context, results: dict, budget: Budget) -> None:
         row["time_ratio_fused_over_logits"] = row["fused_median_ms"] / row["logits_median_ms"]
         return row
 
-    parts = [(f"{method}_teacher_{form}", lambda m=method, f=form: compare(m, f))
-             for form in ("pair", "logits") for method in KD_METHODS]
+    parts = [(f"loss_{method}_teacher_{form}", lambda m=method, f=form: compare(m, f))
+             for form in ("pair", "sparse", "logits") for method in KD_METHODS]
     run_parts(results, parts, budget, ctx.save)
+    weight = hidden0 = t_weight = t_hidden = t_logits = sparse = cache = teachers = None  # freed for (b)
+    ctx.free()
+
+    from kdgrid.training.config import TrainConfig
+
+    if not hasattr(TrainConfig, "fused_loss"):
+        results["trainer"] = {"skipped": "TrainConfig has no fused_loss switch in this kdgrid"}
+        return
+    run_parts(results, _trainer_fused_parts(ctx), budget, ctx.save)
+    results.pop("trainer_free_teacher", None)
+
+
+def _trainer_fused_parts(ctx: Context) -> list:
+    """KDTrainer steps with the fused loss on and off, same student, batch and (first) teacher."""
+    from kdgrid.teacher_cache import compute_teacher_outputs
+    from kdgrid.training.model_io import torch_dtype
+
+    p = ctx.profile
+    teacher_name = p.teachers[0]
+    student_vocab, teacher_vocab = MODEL_SHAPES[p.student][5], MODEL_SHAPES[teacher_name][5]
+    examples = _examples(p, min(student_vocab, teacher_vocab))
+    batches = _micro_batches(p, examples)
+    state: dict = {}
+
+    def build_teacher():
+        teacher = build_model(teacher_name, torch_dtype(p.precision), p.device)
+        teacher.requires_grad_(False)
+        cache = compute_teacher_outputs(teacher, [e["input_ids"] for e in examples], p.top_k, [1.0],
+                                        batch_size=p.batch, device=p.device,
+                                        widths=sorted({min(student_vocab, teacher_vocab), teacher_vocab}),
+                                        tail_samples=p.tail_samples)
+        path = ctx.workdir / f"fused-cache-{teacher_name}.pt"
+        cache.save(path)
+        state.update(teacher=teacher, cache=str(path))
+        return {"teacher": teacher_name, "params": sum(x.numel() for x in teacher.parameters())}
+
+    def pair(variant: str) -> dict:
+        if "cache" not in state:
+            raise Skip(f"teacher {teacher_name} was not built")
+        rows = {}
+        for fused in (False, True):
+            cell = f"fused-{variant}-{'on' if fused else 'off'}"
+            if variant == "sft":
+                cfg = _train_config(ctx, cell, "lora", fused_loss=fused)
+            elif variant == "kd_online":
+                cfg = _train_config(ctx, cell, "lora", teacher=teacher_name, fused_loss=fused)
+            else:
+                cfg = _train_config(ctx, cell, "lora", cache=state["cache"], fused_loss=fused)
+            rows["fused" if fused else "logits"] = measure_train_step(
+                ctx, cfg, teacher=state.get("teacher") if variant == "kd_online" else None, examples=examples,
+                batches=batches, teacher_name=None if variant == "sft" else teacher_name)
+        logits, fused_row = rows["logits"], rows["fused"]
+        out = {"finetune": "lora", "teacher": None if variant == "sft" else teacher_name, **rows,
+               "time_ratio_fused_over_logits": fused_row["median_ms"] / logits["median_ms"]}
+        if ctx.cuda:
+            out["peak_memory_ratio_fused_over_logits"] = fused_row["peak_memory_mib"] / logits["peak_memory_mib"]
+        return out
+
+    def drop_teacher():
+        state.pop("teacher", None)
+        ctx.free()
+        return {"freed": True}
+
+    return [("trainer_teacher", build_teacher), ("trainer_kd_online_lora", lambda: pair("kd_online")),
+            ("trainer_free_teacher", drop_teacher), ("trainer_kd_cache_lora", lambda: pair("kd_cache")),
+            ("trainer_sft_lora", lambda: pair("sft"))]
 
 
 def section_zero3(ctx: Context, results: dict, budget: Budget) -> None:

@@ -87,9 +87,24 @@ def test_fused_loss_section_compares_or_names_the_missing_function(report):
     if not hasattr(kdgrid.losses, "linear_kd_loss"):
         assert section["status"] == "skipped" and "kdgrid.losses.linear_kd_loss" in section["reason"]
         return
-    for part, row in _parts(section).items():
-        if "skipped" not in row:
-            assert row["loss_rel_diff"] < 1e-4 and row["grad_max_abs_diff"] <= 1e-4 * max(row["grad_max_abs"], 1e-6), part
+    results = section["results"]
+    for method in gpu_bench.KD_METHODS:
+        for form in ("pair", "sparse", "logits"):
+            row = results[f"loss_{method}_teacher_{form}"]
+            if "skipped" in row:
+                assert "budget" in row["skipped"]
+                continue
+            assert row["loss_rel_diff"] < 1e-4, (method, form)
+            assert row["grad_max_abs_diff"] <= 1e-4 * max(row["grad_max_abs"], 1e-6), (method, form)
+            assert row["logits_median_ms"] > 0 and row["fused_median_ms"] > 0
+    for variant, source in (("kd_online", "model"), ("kd_cache", "cache"), ("sft", "none")):
+        row = results[f"trainer_{variant}_lora"]
+        if "skipped" in row:
+            assert "budget" in row["skipped"]
+            continue
+        assert (row["logits"]["fused_loss"], row["fused"]["fused_loss"]) == (False, True)
+        assert row["logits"]["teacher_source"] == row["fused"]["teacher_source"] == source
+        assert row["time_ratio_fused_over_logits"] == pytest.approx(row["fused"]["median_ms"] / row["logits"]["median_ms"])
 
 
 def test_zero3_single_process_run_shards_the_teacher(report):
