@@ -15,8 +15,9 @@ section never loses the others, and every section ends with numbers or a reason:
                (kd_loss on materialised logits): memory, time, loss and gradient agreement;
   zero3        a single-process DeepSpeed ZeRO-3 run (trainer.train) with the teacher sharded by
                kdgrid's zero3_inference_engine;
-  generation   greedy generation on the evaluation path: HF generate as lm-eval's HFLM calls it, and
-               kdgrid.evaluation.runner.evaluate through lm-eval itself (batch 16, 256 new tokens).
+  generation   greedy generation on the evaluation path (batch 16, 256 new tokens): HF generate as
+               lm-eval's HFLM calls it, and kdgrid.evaluation.runner.evaluate through lm-eval itself
+               (a saved copy of the student with kdgrid's tokenizer, 16 items of a synthetic task).
 
 FLOPs per token (MFU = FLOPs / step time / peak): student 6 N (full) or 4 N (LoRA: no weight gradients)
 + 12 L d T; teacher forward 2 N + 4 L d T; N = the weights of every Linear layer (output layer included,
@@ -235,15 +236,15 @@ class Budget:
 
 def run_parts(results: dict, parts: list, budget: Budget, save) -> None:
     """Run (name, fn) parts in order, each result saved as it comes; past the budget the rest are
-    recorded as not run (the section is then 'partial')."""
+    recorded as not run, and a part that fails records its error (the section is then 'partial')."""
     for name, fn in parts:
         try:
             budget.check(name)
             results[name] = fn()
-        except OutOfTime as e:
+        except (OutOfTime, Skip) as e:
             results[name] = {"skipped": str(e)}
-        except Skip as e:
-            results[name] = {"skipped": str(e)}
+        except Exception as e:  # noqa: BLE001 (one variant's failure must not lose the others)
+            results[name] = {"failed": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-3000:]}
         save()
 
 
@@ -716,7 +717,8 @@ def section_generation(ctx: Context, results: dict, budget: Budget) -> None:
                         "decoding": "greedy", "dtype": p.precision}
 
     def hf_generate() -> dict:
-        """HF generate as lm-eval's HFLM calls it: a left-padded batch, greedy, KV cache on."""
+        """HF generate on a left-padded batch, greedy, KV cache on: the call lm-eval's HFLM makes, without
+        its stop-sequence check, every row decoding the full length."""
         g = torch.Generator().manual_seed(0)
         vocab = model.config.vocab_size
         lengths = [p.gen_prompt - (i % 4) * (p.gen_prompt // 8) for i in range(p.gen_batch)]
@@ -854,7 +856,7 @@ def run(profile_name: str, out: Path, sections: list[str], budgets: dict) -> dic
                 try:
                     SECTION_FUNCTIONS[name](ctx, section["results"], Budget(seconds))
                     parts = [v for v in section["results"].values() if isinstance(v, dict)]
-                    section["status"] = "partial" if any("skipped" in v for v in parts) else "done"
+                    section["status"] = "partial" if any("skipped" in v or "failed" in v for v in parts) else "done"
                 except (Skip, OutOfTime) as e:
                     section.update(status="skipped", reason=str(e))
                 except Stopped as e:

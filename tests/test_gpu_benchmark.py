@@ -43,6 +43,7 @@ def test_every_section_ends_with_figures_or_a_reason(report):
         parts = _parts(section)
         assert parts or name == "machine", name
         for part, row in parts.items():
+            assert "failed" not in row, (name, part, row.get("traceback"))
             assert row.get("skipped") or any(isinstance(v, (int, float)) and v > 0 for v in row.values()), (name, part)
         if section["status"] == "partial":
             assert any("skipped" in row for row in parts.values())
@@ -154,3 +155,15 @@ def test_a_spent_budget_leaves_the_remaining_parts_with_a_reason():
     assert results["first"] == {"value": 1.0} and ran == [1]
     assert "budget of 0 s was spent before second" in results["second"]["skipped"]
     assert len(saves) == 2  # written after every part
+
+
+def test_a_failing_part_records_its_error_and_the_next_part_runs():
+    results = {}
+
+    def broken():
+        raise ValueError("dtype mismatch")
+
+    gpu_bench.run_parts(results, [("broken", broken), ("next", lambda: {"value": 1.0})], gpu_bench.Budget(3600),
+                        lambda: None)
+    assert results["broken"]["failed"] == "ValueError: dtype mismatch" and "broken" in results["broken"]["traceback"]
+    assert results["next"] == {"value": 1.0}
