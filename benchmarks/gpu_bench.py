@@ -600,9 +600,11 @@ def section_zero3(ctx: Context, results: dict, budget: Budget) -> None:
         try:
             code = worker.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait()
             code = None
+        finally:  # past the budget, or this process stopped (Stopped): the worker must not outlive it
+            if worker.poll() is None:
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait()
     tail = log.read_text(errors="replace")[-3000:]
     results.update(json.loads(out.read_text()) if out.is_file() else {})
     if code is None:
