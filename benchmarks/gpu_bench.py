@@ -170,11 +170,15 @@ def flops_per_token(model, seq: int, kind: str) -> float:
 # --- measuring --------------------------------------------------------------------------------------------
 
 class Context:
-    def __init__(self, profile: Profile, workdir: Path, save):
+    """What the sections share: the profile, a scratch folder, `save()` (rewrite the JSON), timing and
+    memory helpers, and the peak FLOP/s for the MFU (set by the machine section)."""
+
+    def __init__(self, profile_name: str, workdir: Path, save):
         import torch
 
-        self.profile, self.workdir, self.save = profile, workdir, save
-        self.cuda = profile.device == "cuda"
+        self.profile_name, self.profile = profile_name, PROFILES[profile_name]
+        self.workdir, self.save = workdir, save
+        self.cuda = self.profile.device == "cuda"
         self.torch = torch
         self.peak = None
         self.measured_matmul = None
@@ -389,7 +393,7 @@ def section_train_steps(ctx: Context, results: dict, budget: Budget) -> None:
             state.update(teacher=teacher, cache=str(path))
             return {"params": sum(x.numel() for x in teacher.parameters()), "build_s": built,
                     "cache_build_s": cache_s, "cache_tokens_per_s": len(examples) * p.seq / cache_s,
-                    "cache_file_mib": path.stat().st_size / 2**20, "weights_mib": ctx.peak_memory()}
+                    "cache_file_mib": path.stat().st_size / 2**20, "peak_memory_mib": ctx.peak_memory()}
 
         def online(finetune, teacher_name=teacher_name, examples=examples, batches=batches, state=state):
             if "teacher" not in state:
@@ -655,7 +659,7 @@ def zero3_worker(out: Path, profile_name: str, workdir: Path) -> int:
     from kdgrid.training.model_io import torch_dtype
     from kdgrid.training.trainer import KDTrainer
 
-    ctx = Context(p, workdir, lambda: write_json(out, results))
+    ctx = Context(profile_name, workdir, lambda: write_json(out, results))
     cfg = _train_config(ctx, "zero3-kd-online-full", "full", teacher=p.zero3_teacher, zero_stage=3,
                         max_steps=p.warmup + p.reps, warmup_steps=0, save_steps=10**6)
     cfg.validate()
@@ -842,8 +846,7 @@ def run(profile_name: str, out: Path, sections: list[str], budgets: dict) -> dic
     previous = signal.signal(signal.SIGTERM, stop)
     try:
         with tempfile.TemporaryDirectory(prefix="kdgrid-gpu-bench-") as tmp:
-            ctx = Context(profile, Path(tmp), save)
-            ctx.profile_name = profile_name
+            ctx = Context(profile_name, Path(tmp), save)
             stopped = None
             for name in sections:
                 section = report["sections"][name] = {"status": "running", "results": {}}
