@@ -261,7 +261,8 @@ def section_machine(ctx: Context, results: dict, budget: Budget) -> None:
     results["python"] = platform.python_version()
     results["platform"] = platform.platform()
     results["cpu_count"] = os.cpu_count()
-    for package in ("torch", "transformers", "peft", "accelerate", "deepspeed", "lm_eval", "datasets"):
+    for package in ("torch", "transformers", "peft", "accelerate", "deepspeed", "lm_eval", "datasets", "evaluate",
+                    "numpy", "pandas", "pyarrow", "fsspec", "huggingface_hub", "tokenizers", "safetensors"):
         try:
             results[package] = version(package)
         except PackageNotFoundError:
