@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from kdgrid import losses
+from kdgrid import losses, losses_from_hidden
 from kdgrid.errors import KdgridError
 from kdgrid.teacher_cache import compute_teacher_outputs
 from kdgrid.training.trainer import causal_lm_loss
@@ -86,7 +86,8 @@ def both(c, method, teacher_kind, temperature, with_bias=True, train_weight=True
 @pytest.mark.parametrize("method", list(METHODS))
 @pytest.mark.parametrize("temperature", [1.0, 2.0])
 def test_equals_the_loss_of_the_logits(method, teacher_kind, temperature, monkeypatch):
-    monkeypatch.setattr(losses, "CHUNK_ELEMENTS", 120)  # a few rows per chunk
+    monkeypatch.setattr(losses_from_hidden, "SUB_CHUNK_ELEMENTS", 120)  # a few rows per sub-chunk
+    monkeypatch.setattr(losses_from_hidden, "HEAD_BLOCK_ELEMENTS", 300)  # a few sub-chunks per block
     c = case()
     fused, ref = both(c, method, teacher_kind, temperature)
     assert float(ref[0]) > 0
@@ -137,7 +138,8 @@ def test_repeated_and_scaled_backward_and_no_grad():
 
 
 def test_gradcheck_through_hidden_weight_and_bias(monkeypatch):
-    monkeypatch.setattr(losses, "CHUNK_ELEMENTS", 60)
+    monkeypatch.setattr(losses_from_hidden, "SUB_CHUNK_ELEMENTS", 60)
+    monkeypatch.setattr(losses_from_hidden, "HEAD_BLOCK_ELEMENTS", 130)
     c = case(student_vocab=12, teacher_vocab=14, batch=2, seq=3, hidden=4, teacher_hidden=5)
     teacher = c.teacher_hidden @ c.teacher_weight.T
     inputs = (c.hidden.clone().requires_grad_(True), c.weight.clone().requires_grad_(True),
@@ -147,7 +149,8 @@ def test_gradcheck_through_hidden_weight_and_bias(monkeypatch):
 
 
 def test_cross_entropy_equals_causal_lm_loss(monkeypatch):
-    monkeypatch.setattr(losses, "CHUNK_ELEMENTS", 120)
+    monkeypatch.setattr(losses_from_hidden, "SUB_CHUNK_ELEMENTS", 120)
+    monkeypatch.setattr(losses_from_hidden, "HEAD_BLOCK_ELEMENTS", 300)
     c = case(dtype=torch.float32)
     labels = torch.randint(0, 50, (3, 7), generator=torch.Generator().manual_seed(1))
     labels[0, :4] = -100
@@ -182,10 +185,11 @@ class LargestTensor(TorchDispatchMode):
         return out
 
 
-@pytest.mark.parametrize("teacher_kind", ["pair", "cache_tail"])
+@pytest.mark.parametrize("teacher_kind", ["logits", "pair", "cache_tail"])
 def test_no_tensor_of_all_tokens_by_the_vocabulary(teacher_kind, monkeypatch):
-    """Forward and backward of a frozen output layer: no tensor larger than a chunk of logits."""
-    monkeypatch.setattr(losses, "CHUNK_ELEMENTS", 2000)
+    """Forward and backward of a frozen output layer: no tensor larger than a block of logits."""
+    monkeypatch.setattr(losses_from_hidden, "SUB_CHUNK_ELEMENTS", 1000)
+    monkeypatch.setattr(losses_from_hidden, "HEAD_BLOCK_ELEMENTS", 2000)
     c = case(student_vocab=500, teacher_vocab=520, batch=4, seq=16, dtype=torch.float32)
     c.mask = torch.ones(4, 16)
     teacher, _ = teachers(c, teacher_kind, 1.0)

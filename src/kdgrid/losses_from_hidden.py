@@ -7,7 +7,9 @@ output layer a chunk of rows at a time, each chunk's loss and gradient w.r.t. it
 kdgrid.losses' own per-chunk code (`_dense_chunk`, `_sparse_chunk`), and that gradient is turned at once
 into the gradients w.r.t. the hidden rows (g @ W) and, when the output layer trains, the weight (g.T @ h)
 and bias. Only those ([masked tokens, H], and [V, H] for a trained weight) are kept for backward, which
-scales them: no logits are recomputed, and at most one chunk's logits (CHUNK_ELEMENTS elements) exist.
+scales them: no logits are recomputed. The rows go through the output layer in blocks of HEAD_BLOCK_ELEMENTS
+logits (large matrix products), the divergence over sub-chunks of SUB_CHUNK_ELEMENTS; at most one
+block's logits (then its gradient, written over them) and one sub-chunk's intermediates exist at a time.
 
 `teacher` is the teacher's logits [batch, seq, V_T], a `SparseTeacher` from the cache, or the teacher's
 own `(hidden, weight)` / `(hidden, weight, bias)`, whose logits are then formed per chunk too.
@@ -25,6 +27,13 @@ import torch
 from . import losses
 from .errors import KdgridError
 from .teacher_cache import SparseTeacher
+
+# Logits of one block of rows through the output layer (48 MiB in float32, 82 rows at a 152k vocabulary); the
+# block's gradient overwrites them. The divergence runs over sub-chunks of SUB_CHUNK_ELEMENTS (4 MiB): its
+# elementwise work does not need large chunks, and small ones keep the CPU heap from holding freed 16 MiB
+# intermediates (benchmarks/loss_from_hidden.py: peak 471 MiB with 16 MiB sub-chunks, 239 MiB with 4 MiB).
+HEAD_BLOCK_ELEMENTS = 3 << 22
+SUB_CHUNK_ELEMENTS = 1 << 20
 
 
 class StudentHead:
@@ -61,13 +70,11 @@ class StudentHead:
             if rows.numel() and bool((teacher.topk_ids.reshape(-1, teacher.k)[rows, 0] < 0).any()):
                 raise KdgridError("the mask selects a position the teacher cache has no row for "
                                   "(cached example shorter than the training sequence)")
-            chunk_loss = _SparseTeacherRows(teacher, rows, terms, float(temperature), width, tail)
+            chunk_loss = _SparseTeacherRows(teacher, rows, terms, float(temperature), tail)
         elif teacher_pair:
             chunk_loss = _DenseTeacherRows(_TeacherHead(*teacher_head, rows, width), terms, float(temperature))
         else:
-            logits = teacher.detach()
-            chunk_loss = _DenseTeacherRows(logits.reshape(-1, logits.shape[-1])[rows, :width], terms,
-                                           float(temperature))
+            chunk_loss = _DenseTeacherRows(_GivenTeacherRows(teacher.detach(), rows, width), terms, float(temperature))
         hidden_rows = hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows)
         return _head_loss(hidden_rows, weight, bias, width, chunk_loss, row_weights * temperature**2)
 
@@ -93,33 +100,57 @@ def _logits(hidden_rows, weight, bias, width, dtype):
     return out.to(dtype)
 
 
+class _GivenTeacherRows:
+    """The teacher's given logits at the masked rows, a block of rows at a time (no copy of them all)."""
+
+    def __init__(self, logits, rows, width):
+        self.rows_of_logits, self.rows, self.width = logits.reshape(-1, logits.shape[-1]), rows, width
+
+    def __getitem__(self, block: slice):
+        return self.rows_of_logits[self.rows[block], :self.width]
+
+
 class _TeacherHead:
-    """The teacher's logits at the masked rows, formed a chunk at a time from its hidden states."""
+    """The teacher's logits at the masked rows, formed a block of rows at a time from its hidden states."""
 
     def __init__(self, hidden, weight, bias, rows, width):
         self.hidden_rows = hidden.detach().reshape(-1, hidden.shape[-1]).index_select(0, rows)
         self.weight, self.bias, self.width = weight.detach(), None if bias is None else bias.detach(), width
 
-    def __getitem__(self, chunk: slice):
+    def __getitem__(self, block: slice):
         dtype = torch.promote_types(self.hidden_rows.dtype, torch.float32)
-        return _logits(self.hidden_rows[chunk], self.weight, self.bias, self.width, dtype)
+        return _logits(self.hidden_rows[block], self.weight, self.bias, self.width, dtype)
 
 
-# --- one chunk of rows: (loss, gradient w.r.t. its logits or None), from kdgrid.losses' chunk code -----
+# --- one block of rows: its loss, its logits overwritten by their gradient (need_grad), from kdgrid.losses'
+# chunk code run over sub-chunks of SUB_CHUNK_ELEMENTS --------------------------------------------------------
+
+def _sub_chunks(n: int, width: int):
+    step = max(1, SUB_CHUNK_ELEMENTS // width)
+    return [slice(start, min(start + step, n)) for start in range(0, n, step)]
+
 
 class _DenseTeacherRows:
     def __init__(self, teacher_rows, terms, temperature):
         self.teacher_rows, self.terms, self.temperature = teacher_rows, terms, temperature
 
-    def __call__(self, chunk: slice, logits, weights, need_grad):
-        teacher = self.teacher_rows[chunk].to(logits.dtype)
-        # finite logits give finite log-probabilities: the divergences can skip their zero-probability guards
-        zeros = not (bool(torch.isfinite(logits).all()) and bool(torch.isfinite(teacher).all()))
-        return losses._dense_chunk(logits, teacher, weights, self.terms, self.temperature, need_grad, zeros)
+    def __call__(self, block: slice, logits, weights, need_grad):
+        teacher_block = self.teacher_rows[block]
+        total = torch.zeros((), dtype=torch.float64, device=logits.device)
+        for sub in _sub_chunks(logits.shape[0], logits.shape[1]):
+            student, teacher = logits[sub], teacher_block[sub].to(logits.dtype)
+            # finite logits give finite log-probabilities: the divergences can skip their zero-probability guards
+            zeros = not (bool(torch.isfinite(student).all()) and bool(torch.isfinite(teacher).all()))
+            loss, grad = losses._dense_chunk(student, teacher, weights[sub], self.terms, self.temperature,
+                                             need_grad, zeros)
+            total += loss.double()
+            if need_grad:
+                student.copy_(grad)
+        return total
 
 
 class _SparseTeacherRows:
-    def __init__(self, teacher: SparseTeacher, rows, terms, temperature, width, tail):
+    def __init__(self, teacher: SparseTeacher, rows, terms, temperature, tail):
         k = teacher.k
         self.rows = [teacher.topk_logits.reshape(-1, k)[rows], teacher.topk_ids.reshape(-1, k)[rows],
                      teacher.rest_lse.reshape(-1)[rows]]
@@ -128,19 +159,27 @@ class _SparseTeacherRows:
             self.rows += [teacher.tail_logits.reshape(-1, samples)[rows], teacher.tail_ids.reshape(-1, samples)[rows]]
         self.terms, self.temperature, self.tail = terms, temperature, tail
         self.buffer = None
-        self.width = width
 
-    def __call__(self, chunk: slice, logits, weights, need_grad):
-        n = logits.shape[0]
-        if self.buffer is None or self.buffer.numel() < n * self.width + 1 or self.buffer.dtype != logits.dtype:
-            self.buffer = torch.empty(n * self.width + 1, dtype=logits.dtype, device=logits.device)
-        topk_logits, topk_ids, rest_lse, *tail_rows = (t[chunk] for t in self.rows)
-        tail_args = (self.tail, tail_rows[0].to(logits.dtype), tail_rows[1].long()) if tail_rows else ()
-        buffer = self.buffer[: n * self.width + 1]
-        local = torch.arange(n, device=logits.device)
-        return losses._sparse_chunk(buffer, logits, local, topk_logits.to(logits.dtype), topk_ids.long(),
-                                    rest_lse.to(logits.dtype), weights, self.terms, self.temperature, need_grad,
-                                    *tail_args)
+    def __call__(self, block: slice, logits, weights, need_grad):
+        width = logits.shape[1]
+        subs = _sub_chunks(logits.shape[0], width)
+        size = (subs[0].stop - subs[0].start) * width + 1
+        if self.buffer is None or self.buffer.numel() < size or self.buffer.dtype != logits.dtype:
+            self.buffer = torch.empty(size, dtype=logits.dtype, device=logits.device)
+        block_rows = [t[block] for t in self.rows]
+        total = torch.zeros((), dtype=torch.float64, device=logits.device)
+        for sub in subs:
+            n = sub.stop - sub.start
+            topk_logits, topk_ids, rest_lse, *tail_rows = (t[sub] for t in block_rows)
+            tail_args = (self.tail, tail_rows[0].to(logits.dtype), tail_rows[1].long()) if tail_rows else ()
+            loss, grad = losses._sparse_chunk(
+                self.buffer[: n * width + 1], logits[sub], torch.arange(n, device=logits.device),
+                topk_logits.to(logits.dtype), topk_ids.long(), rest_lse.to(logits.dtype), weights[sub], self.terms,
+                self.temperature, need_grad, *tail_args)
+            total += loss.double()
+            if need_grad:
+                logits[sub].copy_(grad)
+        return total
 
 
 class _TargetRows:
@@ -149,18 +188,20 @@ class _TargetRows:
     def __init__(self, targets):
         self.targets = targets
 
-    def __call__(self, chunk: slice, logits, weights, need_grad):
-        targets = self.targets[chunk]
-        log_z = torch.logsumexp(logits, 1)
-        loss = ((log_z - logits.gather(1, targets[:, None]).squeeze(1)) * weights).sum()
-        if not need_grad:
-            return loss, None
-        grad = torch.softmax(logits, 1).mul_(weights[:, None])
-        grad[torch.arange(len(targets), device=grad.device), targets] -= weights
-        return loss, grad
+    def __call__(self, block: slice, logits, weights, need_grad):
+        targets_block = self.targets[block]
+        total = torch.zeros((), dtype=torch.float64, device=logits.device)
+        for sub in _sub_chunks(logits.shape[0], logits.shape[1]):
+            rows, targets, w = logits[sub], targets_block[sub], weights[sub]
+            log_z = torch.logsumexp(rows, 1)
+            total += ((log_z - rows.gather(1, targets[:, None]).squeeze(1)) * w).sum().double()
+            if need_grad:  # softmax - one-hot, in place
+                rows.sub_(log_z[:, None]).exp_().mul_(w[:, None])
+                rows[torch.arange(len(targets), device=rows.device), targets] -= w
+        return total
 
 
-# --- the chunked head: forward computes the loss and every gradient, backward scales them ---------------
+# --- the head in blocks of rows: forward computes the loss and every gradient, backward scales them ----------
 
 def _head_loss(hidden_rows, weight, bias, width, chunk_loss, row_weights):
     wants = (hidden_rows.requires_grad, weight.requires_grad, bias is not None and bias.requires_grad)
@@ -170,6 +211,9 @@ def _head_loss(hidden_rows, weight, bias, width, chunk_loss, row_weights):
 
 
 class _HeadChunks(torch.autograd.Function):
+    """Blocks of HEAD_BLOCK_ELEMENTS logits: few, large matrix products through the output layer (a
+    product of a few rows by a [V, H] weight runs at half speed on a CPU), the divergence over sub-chunks."""
+
     @staticmethod
     def forward(ctx, hidden_rows, weight, bias, width, chunk_loss, row_weights, needs):
         need_hidden, need_weight, need_bias = needs
@@ -181,17 +225,17 @@ class _HeadChunks(torch.autograd.Function):
         grad_weight = torch.zeros(weight.shape, dtype=compute_dtype, device=device) if need_weight else None
         grad_bias = torch.zeros(bias.shape, dtype=compute_dtype, device=device) if need_bias else None
         total = torch.zeros((), dtype=torch.float64, device=device)
-        step = max(1, losses.CHUNK_ELEMENTS // width)
+        step = max(1, HEAD_BLOCK_ELEMENTS // width)
         for start in range(0, n, step):
-            chunk = slice(start, min(start + step, n))
-            h = hidden_rows[chunk].detach()
+            block = slice(start, min(start + step, n))
+            h = hidden_rows[block].detach()
             logits = _logits(h, weight.detach(), None if bias is None else bias.detach(), width, compute_dtype)
-            loss, grad = chunk_loss(chunk, logits, row_weights[chunk].to(compute_dtype), need_grad)
-            total += loss.double()
-            if grad is None:
+            total += chunk_loss(block, logits, row_weights[block].to(compute_dtype), need_grad)
+            if not need_grad:
                 continue
+            grad = logits  # overwritten by the loss's gradient w.r.t. the logits
             if need_hidden:
-                grad_hidden[chunk] = grad.to(weight.dtype) @ weight.detach()[:width]
+                grad_hidden[block] = grad.to(weight.dtype) @ weight.detach()[:width]
             if need_weight:
                 grad_weight[:width].addmm_(grad.T, h.to(compute_dtype))
             if need_bias:
