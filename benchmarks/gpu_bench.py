@@ -302,7 +302,7 @@ def _examples(profile: Profile, vocab: int) -> list[dict]:
 
 
 def _micro_batches(profile: Profile, examples: list[dict]) -> list[dict]:
-    from kdgrid.training.data import Collator, ExampleDataset
+    from kdgrid.training.batches import Collator, ExampleDataset
 
     data, collate = ExampleDataset(examples), Collator(pad_token_id=EOS_ID)
     return [collate([data[i] for i in range(start, start + profile.batch)])
@@ -655,7 +655,7 @@ def zero3_worker(out: Path, profile_name: str, workdir: Path) -> int:
     except Exception as e:  # noqa: BLE001 (any import failure is the reason to skip)
         write_json(out, {"skipped": f"deepspeed does not import ({type(e).__name__}: {e})"})
         return 0
-    from kdgrid.training.data import Collator, ExampleDataset
+    from kdgrid.training.batches import Collator, ExampleDataset
     from kdgrid.training.engine import training_arguments
     from kdgrid.training.model_io import torch_dtype
     from kdgrid.training.trainer import KDTrainer
