@@ -4,13 +4,10 @@
 rule prepare_data:
     output:
         train=out(DATA_DIR, "train.json"),
-        test=directory(out(DATA_DIR, "test")),
+        test=directory(out(TEST_DIR)),
     params:
-        args=lambda w: flags(GRID.data_args(w.family)),
+        **PARAMS["prepare_data"].as_params(),  # made_from: what the data are made from (a change re-makes them)
         out=lambda w, output: os.path.dirname(output.train),
-        # what the data are made from: the tiny world's code, or the LLM-Adapters files' git blob ids
-        made_from=lambda w: (TINY_WORLD if GRID.families[w.family].data["source"] == "synthetic"
-                             else GRID.data_source_ids(w.family)),
     log:
         log_of("prepare_data", "{family}"),
     benchmark:
