@@ -58,7 +58,7 @@ def test_every_rule_takes_its_params_from_one_grid_method():
     text = "\n".join(path.read_text() for path in RULE_FILES)
     for rule, record in PARAMS_OF_RULE.items():
         block = re.search(rf"^rule {rule}:\n(.*?)(?=^rule |\Z)", text, flags=re.MULTILINE | re.DOTALL).group(1)
-        assert f'**PARAMS["{rule}"].as_params()' in block, rule
+        assert f'**job_params("{rule}"' in block, rule
         for name in (f.name for f in dataclasses.fields(record)):
             assert f"{name}=" not in block.split("params:", 1)[1].split("log:", 1)[0], (rule, name)
 

@@ -61,7 +61,7 @@ rule plots:
         **{f"{name}_pdf": out(PLOT_FILE.format(name=name, ext="pdf")) for name in PLOT_NAMES},
         **{f"{name}_caption": out(PLOT_CAPTION.format(name=name)) for name in PLOT_NAMES},
     params:
-        out_dir=lambda w, output: os.path.commonpath(output),  # plots/: the figures, captions/ below it
+        out_dir=output_dir(),  # plots/: the figures, captions/ below it
     log:
         log_of("plots", "plots"),
     benchmark:

@@ -1,6 +1,9 @@
 # Every decision of the workflow, made by kdgrid.grid: the rules only look jobs up here.
+import inspect
 import os
 import sys
+
+from snakemake.common import overwrite_function_params
 
 from kdgrid.grid import (
     BENCHMARK_FILE,
@@ -105,13 +108,29 @@ def benchmark_of(rule_name, pattern):
 # Built once from the grid (kdgrid.grid.rule_params.JobTable): a value every job of a rule shares is
 # handed to Snakemake as it is, the others as a lookup, so that planning a large grid stays fast.
 
-INPUTS = {rule: GRID.inputs_table(rule)
-          for rule in ("sft", "distill", "teacher_outputs", "teacher_responses", "evaluate", "compare")}
-PARAMS = {rule: GRID.params_table(rule)
-          for rule in ("prepare_data", "fetch_model", "sft", "distill", "teacher_outputs", "teacher_responses",
-                       "evaluate", "compare")}
+def known_signature(value):
+    """Snakemake reads a function's signature (inspect.signature) each time it calls it, for every job;
+    give it once (as Snakemake's own snakemake.ioutils helpers do)."""
+    if callable(value):
+        overwrite_function_params(value, inspect.signature(value).parameters)
+    return value
+
+
+def once_per_job(values):
+    return {name: known_signature(value) for name, value in values.items()}
+
+
+_JOBS = ("sft", "distill", "teacher_outputs", "teacher_responses", "evaluate", "compare")
+INPUTS = {rule: known_signature(GRID.inputs_table(rule).lookup()) for rule in _JOBS}
+PARAMS = {rule: GRID.params_table(rule) for rule in ("prepare_data", "fetch_model", *_JOBS)}
 AGGREGATE = GRID.aggregate_params()
-STAMPED_FOLDER = JobTable("folder stamp", out(FOLDER_STAMP), FOLDER_STAMPS)
+STAMPED_FOLDER = known_signature(JobTable("folder stamp", out(FOLDER_STAMP), FOLDER_STAMPS).lookup())
+
+
+def job_params(rule_name, **derived):
+    """A rule's params: its record's fields (kdgrid.grid.rule_params), plus `derived` ones, functions of
+    the job's input or output (Snakemake leaves those out of its re-run decisions)."""
+    return once_per_job({**PARAMS[rule_name].as_params(), **derived})
 
 
 def input_flag(name, flag):
@@ -123,16 +142,31 @@ def input_flag(name, flag):
     return of_job
 
 
+def output_dir(name=None):
+    """A derived param: the folder of the output `name` (all outputs: the folder they share)."""
+
+    def of_job(wildcards, output):
+        return os.path.dirname(output[name]) if name else os.path.commonpath(output)
+
+    return of_job
+
+
+def input_dir(name):
+    def of_job(wildcards, input):
+        return os.path.dirname(input[name])
+
+    return of_job
+
+
 # The resources of kdgrid.resources_plan: the SLURM executor reads gpu, cpus_per_gpu, mem_mb and runtime;
 # nproc and zero_stage reach `kdgrid train`.
 RESOURCE_KEYS = ("gpu", "cpus_per_gpu", "mem_mb", "runtime", "nproc", "zero_stage")
-RESOURCES = {rule: GRID.resources_table(rule)
-             for rule in ("sft", "distill", "teacher_outputs", "teacher_responses", "evaluate", "compare")}
+RESOURCES = {rule: GRID.resources_table(rule) for rule in _JOBS}
 
 
 def job_resources(rule_name):
-    return RESOURCES[rule_name].fields(RESOURCE_KEYS)
+    return once_per_job(RESOURCES[rule_name].fields(RESOURCE_KEYS))
 
 
 def job_threads(rule_name):
-    return RESOURCES[rule_name].field("threads")
+    return known_signature(RESOURCES[rule_name].field("threads"))

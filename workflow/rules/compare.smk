@@ -4,13 +4,11 @@
 
 rule compare:
     input:
-        unpack(INPUTS["compare"].of),
+        unpack(INPUTS["compare"]),
     output:
         out(COMPARE_FILE),
     params:
-        student=lambda w, input: os.path.dirname(input.student),
-        teacher=lambda w, input: os.path.dirname(input.teacher),
-        **PARAMS["compare"].as_params(),
+        **job_params("compare", student=input_dir("student"), teacher=input_dir("teacher")),
     log:
         log_of("compare", "{comparison}"),
     benchmark:

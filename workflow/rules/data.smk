@@ -6,8 +6,7 @@ rule prepare_data:
         train=out(DATA_DIR, "train.json"),
         test=directory(out(TEST_DIR)),
     params:
-        **PARAMS["prepare_data"].as_params(),  # made_from: what the data are made from (a change re-makes them)
-        out=lambda w, output: os.path.dirname(output.train),
+        **job_params("prepare_data", out=output_dir("train")),  # made_from: what the data are made from
     log:
         log_of("prepare_data", "{family}"),
     benchmark:

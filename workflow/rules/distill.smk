@@ -4,14 +4,12 @@
 
 rule distill:
     input:
-        unpack(INPUTS["distill"].of),
+        unpack(INPUTS["distill"]),
     output:
         model=directory(out(CKPT_MODEL.format(ckpt=KD_DIR))),
         train_log=out(CKPT_TRAIN_LOG.format(ckpt=KD_DIR)),
     params:
-        **PARAMS["distill"].as_params(),
-        teacher_cache=input_flag("cache", "--teacher-cache"),
-        out=lambda w, output: os.path.dirname(output.model),
+        **job_params("distill", teacher_cache=input_flag("cache", "--teacher-cache"), out=output_dir("model")),
     log:
         log_of("distill", KD_DIR),
     benchmark:

@@ -3,13 +3,12 @@
 
 rule evaluate:
     input:
-        unpack(INPUTS["evaluate"].of),
+        unpack(INPUTS["evaluate"]),
     output:
         scores=out(EVAL_SCORES),
         records=out(EVAL_RECORDS),
     params:
-        **PARAMS["evaluate"].as_params(),
-        out=lambda w, output: os.path.dirname(output.scores),
+        **job_params("evaluate", out=output_dir("scores")),
     log:
         log_of("evaluate", "{ckpt}"),
     benchmark:

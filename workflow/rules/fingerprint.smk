@@ -6,7 +6,7 @@
 
 rule fingerprint_folder:
     input:
-        STAMPED_FOLDER.of,
+        STAMPED_FOLDER,
     output:
         out(FOLDER_STAMP),
     params:

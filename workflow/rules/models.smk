@@ -20,7 +20,7 @@ rule fetch_model:
     output:
         directory(GRID.hub_model_dir(f"{{model,{HUB_MODEL_REGEX}}}")),
     params:
-        **PARAMS["fetch_model"].as_params(),  # revision: a new pinned commit fetches again
+        **job_params("fetch_model"),  # revision: a new pinned commit fetches again
     log:
         log_of("fetch_model", "{model}"),
     benchmark:

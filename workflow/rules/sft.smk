@@ -1,13 +1,12 @@
 # Supervised fine-tuning: every teacher (once, at teacher_seed) and every student baseline (per seed).
 rule sft:
     input:
-        unpack(INPUTS["sft"].of),
+        unpack(INPUTS["sft"]),
     output:
         model=directory(out(CKPT_MODEL.format(ckpt=SFT_DIR))),
         train_log=out(CKPT_TRAIN_LOG.format(ckpt=SFT_DIR)),
     params:
-        **PARAMS["sft"].as_params(),
-        out=lambda w, output: os.path.dirname(output.model),
+        **job_params("sft", out=output_dir("model")),
     log:
         log_of("sft", SFT_DIR),
     benchmark:

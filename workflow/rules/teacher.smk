@@ -7,12 +7,12 @@
 
 rule teacher_outputs:
     input:
-        unpack(INPUTS["teacher_outputs"].of),
+        unpack(INPUTS["teacher_outputs"]),
     output:
         cache=out(TEACHER_OUTPUTS_FILE),
         fidelity=out(TEACHER_FIDELITY_FILE),
     params:
-        **PARAMS["teacher_outputs"].as_params(),
+        **job_params("teacher_outputs"),
     log:
         log_of("teacher_outputs", TEACHER_OUTPUTS_FILE),
     benchmark:
@@ -31,11 +31,11 @@ rule teacher_outputs:
 
 rule teacher_responses:
     input:
-        unpack(INPUTS["teacher_responses"].of),
+        unpack(INPUTS["teacher_responses"]),
     output:
         out(TEACHER_RESPONSES_FILE),
     params:
-        **PARAMS["teacher_responses"].as_params(),
+        **job_params("teacher_responses"),
     log:
         log_of("teacher_responses", TEACHER_RESPONSES_FILE),
     benchmark:

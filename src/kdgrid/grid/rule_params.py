@@ -120,6 +120,14 @@ class JobTable:
         self.records = records if make is None else {}
         self.jobs = records if make is not None else None
 
+    def lookup(self) -> Callable:
+        """`of` as a function of the wildcards alone (an input function, for `unpack`)."""
+
+        def of_job(wildcards):
+            return self.of(wildcards)
+
+        return of_job
+
     def of(self, wildcards) -> Any:
         """The record of the job these wildcards name (an error if the grid has no such job)."""
         key = self.key.format(**wildcards)
