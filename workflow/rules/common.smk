@@ -3,7 +3,13 @@ import inspect
 import os
 import sys
 
-from snakemake.common import overwrite_function_params
+try:  # Snakemake's own helpers (snakemake.ioutils) tell it a function's signature this way
+    from snakemake.common import overwrite_function_params
+except ImportError:  # a Snakemake without it reads the signature at every call: slower, the same jobs
+
+    def overwrite_function_params(func, params):
+        pass
+
 
 from kdgrid.grid import (
     BENCHMARK_FILE,
@@ -110,7 +116,7 @@ def benchmark_of(rule_name, pattern):
 
 def known_signature(value):
     """Snakemake reads a function's signature (inspect.signature) each time it calls it, for every job;
-    give it once (as Snakemake's own snakemake.ioutils helpers do)."""
+    give it once."""
     if callable(value):
         overwrite_function_params(value, inspect.signature(value).parameters)
     return value
