@@ -132,10 +132,9 @@ def _shared_inputs(grid, cell) -> list[tuple[str, str]]:
     cache = grid.teacher_outputs_of(cell)
     if cache is not None:
         return [("teacher_outputs", cache.path)]
-    if cell.method == "seqkd":
-        from .grid import TeacherResponses
-
-        return [("teacher_responses", TeacherResponses(cell.family, cell.teacher, cell.teacher_kind).path)]
+    responses = grid.teacher_responses_of(cell)
+    if responses is not None:
+        return [("teacher_responses", responses.path)]
     return []
 
 

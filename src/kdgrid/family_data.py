@@ -21,6 +21,7 @@ import random
 from pathlib import Path
 
 from .errors import KdgridError, unknown
+from .grid.layout import TRAIN_FILE
 from .io import atomic_dir, write_json
 from .tasks import FAMILIES, tasks_of
 
@@ -135,7 +136,7 @@ def prepare_family(family: str, source: str, out_dir: str | os.PathLike, seed: i
         raise KdgridError(f"{out_dir} exists and is not a kdgrid data directory (no source.json); "
                           f"refusing to replace it")
     with atomic_dir(out_dir) as tmp:  # the whole directory appears at once, or not at all
-        write_json(tmp / "train.json", train)
+        write_json(tmp / TRAIN_FILE, train)
         for task, records in tests.items():
             write_json(tmp / "test" / f"{task}.json", records)
         write_json(tmp / "source.json", {"family": family, "source": source, "tasks": list(tests),

@@ -3,19 +3,16 @@
 
 rule aggregate:
     input:
-        scores=[eval_files(e.ckpt)["scores"] for e in GRID.evaluations],
-        compare=[out(f"{c.id}.json") for c in GRID.comparisons],
-        train_logs=[out(run.id, "train_log.jsonl") for run in GRID.sft_runs] + [out(c.id, "train_log.jsonl") for c in GRID.cells],
-        records=[eval_files(e.ckpt)["records"] for e in GRID.evaluations],
+        **GRID.aggregate_inputs(),
     output:
         csv=report(out(TABLE_CSV), caption="../report/results_table.rst", category="Tables"),
         parquet=out(TABLE_PARQUET),
         cost=report(out(COST_CSV), caption="../report/cost_table.rst", category="Tables"),
         cost_jobs=out(COST_JOBS_CSV),
     params:
-        sizes=flags(GRID.sizes()),
-        # the grid the cost ledger estimates (benchmarks are read from <outdir>/benchmarks/<rule>/<job>.tsv)
-        grid_config=json.dumps({k: v for k, v in config.items() if k != "disk"}, sort_keys=True, default=str),
+        # grid_config: the grid the cost ledger estimates (it reads benchmarks from <outdir>/benchmarks/<rule>/<job>.tsv)
+        sizes=AGGREGATE.sizes,
+        grid_config=AGGREGATE.grid_config,
     log:
         log_of("aggregate", "aggregate"),
     benchmark:
@@ -55,16 +52,16 @@ rule plots:
     output:
         **{
             f"{name}_png": report(
-                out(PLOTS_DIR, f"{name}.png"),
-                caption=os.path.abspath(out(PLOTS_DIR, "captions", f"{name}.rst")),
+                out(PLOT_FILE.format(name=name, ext="png")),
+                caption=os.path.abspath(out(PLOT_CAPTION.format(name=name))),
                 category="Figures",
             )
             for name in PLOT_NAMES
         },
-        **{f"{name}_pdf": out(PLOTS_DIR, f"{name}.pdf") for name in PLOT_NAMES},
-        **{f"{name}_caption": out(PLOTS_DIR, "captions", f"{name}.rst") for name in PLOT_NAMES},
+        **{f"{name}_pdf": out(PLOT_FILE.format(name=name, ext="pdf")) for name in PLOT_NAMES},
+        **{f"{name}_caption": out(PLOT_CAPTION.format(name=name)) for name in PLOT_NAMES},
     params:
-        out_dir=lambda w, output: os.path.dirname(output.fig1_accuracy_png),
+        out_dir=output_dir(),  # plots/: the figures, captions/ below it
     log:
         log_of("plots", "plots"),
     benchmark:

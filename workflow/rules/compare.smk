@@ -4,21 +4,18 @@
 
 rule compare:
     input:
-        unpack(compare_inputs),
+        unpack(INPUTS["compare"]),
     output:
-        out("{comparison}.json"),
+        out(COMPARE_FILE),
     params:
-        student=lambda w, input: os.path.dirname(input.student),
-        teacher=lambda w, input: os.path.dirname(input.teacher),
-        embedding_model=GRID.compare["embedding_model"],
-        meta=lambda w: meta_flags(comparison(w).meta),
+        **job_params("compare", student=input_dir("student"), teacher=input_dir("teacher")),
     log:
         log_of("compare", "{comparison}"),
     benchmark:
         benchmark_of("compare", "{comparison}")
-    threads: job_threads(plan_light)
+    threads: job_threads("compare")
     resources:
-        **job_resources(plan_light),
+        **job_resources("compare"),
     conda:
         ENV
     shell:

@@ -3,14 +3,10 @@
 
 rule prepare_data:
     output:
-        train=out(DATA_DIR, "train.json"),
-        test=directory(out(DATA_DIR, "test")),
+        train=out(DATA_DIR, TRAIN_FILE),
+        test=directory(out(TEST_DIR)),
     params:
-        args=lambda w: flags(GRID.data_args(w.family)),
-        out=lambda w, output: os.path.dirname(output.train),
-        # what the data are made from: the tiny world's code, or the LLM-Adapters files' git blob ids
-        made_from=lambda w: (TINY_WORLD if GRID.families[w.family].data["source"] == "synthetic"
-                             else GRID.data_source_ids(w.family)),
+        **job_params("prepare_data", out=output_dir("train")),  # made_from: what the data are made from
     log:
         log_of("prepare_data", "{family}"),
     benchmark:

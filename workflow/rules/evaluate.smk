@@ -3,25 +3,19 @@
 
 rule evaluate:
     input:
-        unpack(evaluate_inputs),
+        unpack(INPUTS["evaluate"]),
     output:
-        **eval_files("{ckpt}"),
+        scores=out(EVAL_SCORES),
+        records=out(EVAL_RECORDS),
     params:
-        model=lambda w: checkpoint_model(evaluation(w).ckpt),
-        model_revision=lambda w: base_model_revision(evaluation(w).ckpt),
-        family=lambda w: evaluation(w).family,
-        data_dir=lambda w: os.path.dirname(test_data(evaluation(w).family)),
-        tasks=lambda w: ",".join(GRID.families[evaluation(w).family].tasks),
-        settings=flags(GRID.evaluation_args()),
-        meta=lambda w: meta_flags(evaluation(w).meta),
-        out=lambda w, output: os.path.dirname(output.scores),
+        **job_params("evaluate", out=output_dir("scores")),
     log:
         log_of("evaluate", "{ckpt}"),
     benchmark:
         benchmark_of("evaluate", "{ckpt}")
-    threads: job_threads(plan_evaluate)
+    threads: job_threads("evaluate")
     resources:
-        **job_resources(plan_evaluate),
+        **job_resources("evaluate"),
     conda:
         ENV
     shell:

@@ -6,9 +6,9 @@
 
 rule fingerprint_folder:
     input:
-        stamped_folder,
+        STAMPED_FOLDER,
     output:
-        out("fingerprints/{kind}/{name}.json"),
+        out(FOLDER_STAMP),
     params:
         cache=out(FINGERPRINT_CACHE),
     wildcard_constraints:

@@ -18,10 +18,9 @@ rule materialise_model:
 
 rule fetch_model:
     output:
-        directory(os.path.join(GRID.models_dir, f"{{model,{HUB_MODEL_REGEX}}}")),
+        directory(GRID.hub_model_dir(f"{{model,{HUB_MODEL_REGEX}}}")),
     params:
-        hub=lambda w: flags(GRID.fetch_args(w.model)),
-        revision=lambda w: GRID.revision_param(w.model),  # a new pinned commit fetches again
+        **job_params("fetch_model"),  # revision: a new pinned commit fetches again
     log:
         log_of("fetch_model", "{model}"),
     benchmark:

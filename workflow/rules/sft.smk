@@ -1,24 +1,19 @@
 # Supervised fine-tuning: every teacher (once, at teacher_seed) and every student baseline (per seed).
 rule sft:
     input:
-        data=lambda w: train_data(w.family),
-        model=lambda w: GRID.model_files(sft_run(w).model),
+        unpack(INPUTS["sft"]),
     output:
-        model=directory(out(SFT_DIR, "model")),
-        train_log=out(SFT_DIR, "train_log.jsonl"),
+        model=directory(out(CKPT_MODEL.format(ckpt=SFT_DIR))),
+        train_log=out(CKPT_TRAIN_LOG.format(ckpt=SFT_DIR)),
     params:
-        model=lambda w: GRID.model_ref(w.model),
-        model_revision=lambda w: GRID.revision_param(w.model),
-        training=lambda w: flags(GRID.training_args(w.family)),
-        cell=lambda w: sft_run(w).id,
-        out=lambda w, output: os.path.dirname(output.model),
+        **job_params("sft", out=output_dir("model")),
     log:
         log_of("sft", SFT_DIR),
     benchmark:
         benchmark_of("sft", SFT_DIR)
-    threads: job_threads(plan_sft)
+    threads: job_threads("sft")
     resources:
-        **job_resources(plan_sft),
+        **job_resources("sft"),
         keep_checkpoints=KEEP_CHECKPOINTS,
     conda:
         ENV

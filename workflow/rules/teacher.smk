@@ -7,52 +7,42 @@
 
 rule teacher_outputs:
     input:
-        data=lambda w: train_data(teacher_outputs_job(w).family),
-        teacher=lambda w: GRID.teacher_files(w.family, w.teacher, w.teacher_kind),
+        unpack(INPUTS["teacher_outputs"]),
     output:
         cache=out(TEACHER_OUTPUTS_FILE),
-        fidelity=out(TEACHER_OUTPUTS_FILE.removesuffix(".pt") + ".fidelity.json"),
+        fidelity=out(TEACHER_FIDELITY_FILE),
     params:
-        teacher=lambda w: GRID.teacher_ref(w.family, w.teacher, w.teacher_kind),
-        teacher_revision=lambda w: GRID.teacher_revision_param(w.teacher, w.teacher_kind),
-        cutoff=lambda w: GRID.families[w.family].training["cutoff"],
-        token_scope=lambda w: GRID.families[w.family].training["token_scope"],
-        precision=lambda w: GRID.families[w.family].training["precision"],
-        tail_samples=GRID.teacher_cache["tail_samples"],
+        **job_params("teacher_outputs"),
     log:
         log_of("teacher_outputs", TEACHER_OUTPUTS_FILE),
     benchmark:
         benchmark_of("teacher_outputs", TEACHER_OUTPUTS_FILE)
-    threads: job_threads(plan_teacher_outputs)
+    threads: job_threads("teacher_outputs")
     resources:
-        **job_resources(plan_teacher_outputs),
+        **job_resources("teacher_outputs"),
     conda:
         ENV
     shell:
-        "kdgrid teacher-outputs --teacher {params.teacher} --data {input.data} --top-k {wildcards.top_k}"
-        " --temperatures {wildcards.temperature} --cutoff {params.cutoff} --token-scope {params.token_scope}"
+        "kdgrid teacher-outputs --teacher {params.teacher} --data {input.data} --top-k {params.top_k}"
+        " --temperatures {params.temperature} --cutoff {params.cutoff} --token-scope {params.token_scope}"
         " --precision {params.precision} --tail-samples {params.tail_samples}"
         " --out {output.cache} --fidelity-out {output.fidelity} > {log} 2>&1"
 
 
 rule teacher_responses:
     input:
-        data=lambda w: train_data(teacher_responses_job(w).family),
-        teacher=lambda w: GRID.teacher_files(w.family, w.teacher, w.teacher_kind),
+        unpack(INPUTS["teacher_responses"]),
     output:
         out(TEACHER_RESPONSES_FILE),
     params:
-        teacher=lambda w: GRID.teacher_ref(w.family, w.teacher, w.teacher_kind),
-        teacher_revision=lambda w: GRID.teacher_revision_param(w.teacher, w.teacher_kind),
-        max_new_tokens=GRID.kd["seqkd_max_new_tokens"],
-        precision=lambda w: GRID.families[w.family].training["precision"],
+        **job_params("teacher_responses"),
     log:
         log_of("teacher_responses", TEACHER_RESPONSES_FILE),
     benchmark:
         benchmark_of("teacher_responses", TEACHER_RESPONSES_FILE)
-    threads: job_threads(plan_teacher_responses)
+    threads: job_threads("teacher_responses")
     resources:
-        **job_resources(plan_teacher_responses),
+        **job_resources("teacher_responses"),
     conda:
         ENV
     shell:

@@ -162,10 +162,9 @@ def checkpoint_table(grid, jobs):
         cache = grid.teacher_outputs_of(cell)
         if cache is not None:
             keys.append(("teacher_outputs", cache.path))
-        if cell.method == "seqkd":
-            from ..grid import TeacherResponses
-
-            keys.append(("teacher_responses", TeacherResponses(cell.family, cell.teacher, cell.teacher_kind).path))
+        responses = grid.teacher_responses_of(cell)
+        if responses is not None:
+            keys.append(("teacher_responses", responses.path))
         upstream[cell.id] = keys
         for key in keys:
             readers[key] = readers.get(key, 0) + 1

@@ -12,8 +12,11 @@ teacher. A model that is both a teacher and a student gets one SFT run per disti
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import json
 import os
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -26,23 +29,50 @@ from ..training.config import TrainConfig
 from .jobs import Cell, Comparison, Evaluation, SftRun, TeacherOutputs, TeacherResponses
 from .layout import (
     BASE_DIR,
+    CKPT_MODEL,
+    CKPT_TRAIN_LOG,
+    COMPARE_FILE,
     COST_CSV,
     COST_JOBS_CSV,
     DATA_DIR,
     DEFAULT_MODELS_DIR,
+    EVAL_RECORDS,
+    EVAL_SCORES,
     KD_COMPARE,
+    KD_DIR,
+    MODEL_NAME_REGEX,
     MODEL_STAMP,
+    PLOT_CAPTION,
+    PLOT_FILE,
     PLOT_NAMES,
-    PLOTS_DIR,
     SFT_COMPARE,
+    SFT_DIR,
     STATS_CSV,
     STATS_MD,
     TABLE_CSV,
     TABLE_PARQUET,
+    TEACHER_OUTPUTS_FILE,
+    TEACHER_RESPONSES_FILE,
+    TEST_DIR,
     TEST_SET_STAMP,
     TINY_MODEL_DIR,
     TRAIN_FILE,
     fmt_number,
+)
+from .rule_params import (
+    PARAMS_OF_RULE,
+    AggregateParams,
+    CompareParams,
+    DistillParams,
+    EvaluateParams,
+    FetchModelParams,
+    JobTable,
+    PrepareDataParams,
+    SftParams,
+    TeacherOutputsParams,
+    TeacherResponsesParams,
+    flags,
+    meta_flags,
 )
 from .spec import (
     CACHE_WIDTHS_ESTIMATE,
@@ -81,6 +111,7 @@ class Grid:
     cells: tuple[Cell, ...] = ()
     block_cells: dict[str, tuple[Cell, ...]] = field(default_factory=dict)
     models_dir: str = DEFAULT_MODELS_DIR
+    config: dict = field(default_factory=dict, repr=False, compare=False)  # what the grid was expanded from
 
     # -- paths ---------------------------------------------------------------------------------
     def out(self, *parts: str) -> str:
@@ -94,6 +125,13 @@ class Grid:
     def train_data(self, family: str) -> str:
         """A family's training set (in its data folder)."""
         return os.path.join(self.data_dir(family), TRAIN_FILE)
+
+    def test_dir(self, family: str) -> str:
+        return self.out(TEST_DIR.format(family=family))
+
+    def ckpt_model(self, ckpt: str) -> str:
+        """A trained checkpoint's weights (the folder `--model`/`--teacher` get)."""
+        return self.out(CKPT_MODEL.format(ckpt=ckpt))
 
     def tiny_model_dir(self, model: str) -> str:
         return self.out(TINY_MODEL_DIR.format(model=model))
@@ -126,7 +164,7 @@ class Grid:
         stamps = {self.out(MODEL_STAMP.format(model=m)): self.models[m].path
                   for models in self.models_of_family.values() for m in models
                   if self.models[m].path and not self.models[m].tiny}
-        stamps.update({self.test_set_stamp(f): f"{self.data_dir(f)}/test" for f in self.models_of_family})
+        stamps.update({self.test_set_stamp(f): self.test_dir(f) for f in self.models_of_family})
         return stamps
 
     # -- hub models: fetched once into models_dir (kdgrid.hub) ---------------------------------
@@ -180,7 +218,7 @@ class Grid:
         """What `--teacher` gets: the teacher's SFT checkpoint, or the base model itself."""
         if teacher_kind == "base":
             return self.model_ref(teacher)
-        return self.out(self.teacher_ckpt(family, teacher, teacher_kind), "model")
+        return self.ckpt_model(self.teacher_ckpt(family, teacher, teacher_kind))
 
     def teacher_files(self, family: str, teacher: str, teacher_kind: str) -> list[str]:
         if teacher_kind == "base":
@@ -284,6 +322,12 @@ class Grid:
         return TeacherOutputs(cell.family, cell.teacher, cell.teacher_kind, cell.temperature,
                               int(self.teacher_cache["top_k"]))
 
+    def teacher_responses_of(self, cell: Cell) -> TeacherResponses | None:
+        """The teacher's generated answers a cell trains on (a method of responses: seqkd), or None."""
+        if not get_method(cell.method).reads_responses:
+            return None
+        return TeacherResponses(cell.family, cell.teacher, cell.teacher_kind)
+
     @cached_property
     def teacher_responses(self) -> list[TeacherResponses]:
         return list({TeacherResponses(c.family, c.teacher, c.teacher_kind): None
@@ -356,6 +400,188 @@ class Grid:
     def sizes(self) -> list[str]:
         used = {m for models in self.models_of_family.values() for m in models}
         return [f"{name}={fmt_number(self.models[name].size_b)}" for name in self.models if name in used]
+
+    # -- what each rule asks (workflow/rules/*.smk look it up, decide nothing) -------------------
+    def config_without_disk(self) -> dict:
+        """The config the grid was expanded from, but its disk section (which decides no result): what
+        the cost ledger estimates (kdgrid aggregate --grid-config)."""
+        return {k: v for k, v in self.config.items() if k != "disk"}
+
+    @property
+    def keep_checkpoints(self) -> int:
+        return int(self.disk["keep_checkpoints"])
+
+    def wildcard_constraints(self) -> dict[str, str]:
+        """What each wildcard of the rules' paths may match (kdgrid.grid.layout's patterns)."""
+        return {
+            "family": "|".join(self.families),
+            "model": MODEL_NAME_REGEX,
+            "teacher": MODEL_NAME_REGEX,
+            "student": MODEL_NAME_REGEX,
+            "method": "|".join(METHODS),
+            "temperature": r"[0-9.]+(e-?[0-9]+)?",
+            "ablation": r"sft-teacher|base-teacher|noise[0-9.]+(e-?[0-9]+)?",
+            "seed": r"\d+",
+            "teacher_kind": "sft|base",
+            "top_k": r"\d+",
+            "ckpt": r".+",
+            "comparison": r".+/compare(/[^/]+/(sft|base)-teacher)?",
+        }
+
+    def hub_model_regex(self) -> str:
+        """The model wildcard of fetch_model: one of the grid's hub models (none: matches nothing)."""
+        return "|".join(re.escape(name) for name in self.hub_models) or "(?!)"
+
+    def check_model_folders(self) -> None:
+        for name, spec in self.models.items():
+            if spec.path and not spec.tiny and not os.path.isdir(spec.path):
+                raise KdgridError(f"config key models.{name}.path: folder {spec.path} does not exist")
+
+    def checkpoint_files(self, ckpt: str) -> list[str]:
+        """The workflow files an evaluation's model comes from: a trained checkpoint's folder, or the
+        base model's files."""
+        ev = self.evaluations_by_ckpt[ckpt]
+        return self.model_files(ev.model) if ev.role == "base" else [self.ckpt_model(ckpt)]
+
+    def sft_inputs(self, run: SftRun) -> dict:
+        return {"data": self.train_data(run.family), "model": self.model_files(run.model)}
+
+    def distill_inputs(self, cell: Cell) -> dict:
+        """data, student, teacher (not for seqkd, which trains on its responses) and, for a cell that may
+        read it, the teacher-output cache."""
+        inputs = {"data": self.distill_data(cell), "student": self.model_files(cell.student)}
+        if get_method(cell.method).reads_logits:
+            inputs["teacher"] = self.teacher_files(cell.family, cell.teacher, cell.teacher_kind)
+        cache = self.teacher_outputs_of(cell)
+        if cache is not None:
+            inputs["cache"] = self.out(cache.path)
+        return inputs
+
+    def teacher_signal_inputs(self, job: TeacherOutputs | TeacherResponses) -> dict:
+        return {"data": self.train_data(job.family),
+                "teacher": self.teacher_files(job.family, job.teacher, job.teacher_kind)}
+
+    def evaluate_inputs(self, ev: Evaluation) -> dict:
+        return {"test": self.test_set_stamp(ev.family), "model": self.checkpoint_files(ev.ckpt)}
+
+    def compare_inputs(self, c: Comparison) -> dict:
+        return {"student": self.out(EVAL_RECORDS.format(ckpt=c.student_ckpt)),
+                "teacher": self.out(EVAL_RECORDS.format(ckpt=c.teacher_ckpt))}
+
+    def aggregate_inputs(self) -> dict:
+        return {"scores": [self.out(EVAL_SCORES.format(ckpt=e.ckpt)) for e in self.evaluations],
+                "compare": [self.out(COMPARE_FILE.format(comparison=c.id)) for c in self.comparisons],
+                "train_logs": [self.out(CKPT_TRAIN_LOG.format(ckpt=job.id)) for job in (*self.sft_runs, *self.cells)],
+                "records": [self.out(EVAL_RECORDS.format(ckpt=e.ckpt)) for e in self.evaluations]}
+
+    def prepare_data_params(self, family: str) -> PrepareDataParams:
+        """made_from: what the data are made from (a change re-makes them): the tiny world's code, or the
+        LLM-Adapters files' git blob ids."""
+        if self.families[family].data["source"] == "synthetic":
+            from ..tiny_models import world_fingerprint
+
+            made_from = world_fingerprint()
+        else:
+            made_from = self.data_source_ids(family)
+        return PrepareDataParams(args=flags(self.data_args(family)), made_from=made_from)
+
+    def fetch_model_params(self, name: str) -> FetchModelParams:
+        return FetchModelParams(hub=flags(self.fetch_args(name)), revision=self.revision_param(name))
+
+    def sft_params(self, run: SftRun) -> SftParams:
+        return SftParams(model=self.model_ref(run.model), model_revision=self.revision_param(run.model),
+                         training=flags(self.training_args(run.family)), cell=run.id)
+
+    def distill_params(self, cell: Cell) -> DistillParams:
+        args = self.distill_args(cell)
+        if "--teacher-cache" in args:  # the cache is an input of the rule, which passes it as {input.cache}
+            at = args.index("--teacher-cache")
+            del args[at:at + 2]
+        return DistillParams(student=self.model_ref(cell.student), model_revision=self.revision_param(cell.student),
+                             teacher_revision=self.teacher_revision_param(cell.teacher, cell.teacher_kind),
+                             training=flags(self.training_args(cell.family)), distill=flags(args), cell=cell.id)
+
+    def teacher_outputs_params(self, t: TeacherOutputs) -> TeacherOutputsParams:
+        training = self.families[t.family].training
+        return TeacherOutputsParams(
+            teacher=self.teacher_ref(t.family, t.teacher, t.teacher_kind),
+            teacher_revision=self.teacher_revision_param(t.teacher, t.teacher_kind),
+            top_k=t.top_k, temperature=fmt_number(t.temperature), cutoff=training["cutoff"],
+            token_scope=training["token_scope"], precision=training["precision"],
+            tail_samples=self.teacher_cache["tail_samples"])
+
+    def teacher_responses_params(self, t: TeacherResponses) -> TeacherResponsesParams:
+        return TeacherResponsesParams(
+            teacher=self.teacher_ref(t.family, t.teacher, t.teacher_kind),
+            teacher_revision=self.teacher_revision_param(t.teacher, t.teacher_kind),
+            max_new_tokens=self.kd["seqkd_max_new_tokens"], precision=self.families[t.family].training["precision"])
+
+    def evaluate_params(self, ev: Evaluation) -> EvaluateParams:
+        base = ev.role == "base"
+        return EvaluateParams(
+            model=self.model_ref(ev.model) if base else self.ckpt_model(ev.ckpt),
+            model_revision=self.revision_param(ev.model) if base else "",
+            family=ev.family, data_dir=self.data_dir(ev.family), tasks=",".join(self.families[ev.family].tasks),
+            settings=flags(self.evaluation_args()), meta=meta_flags(ev.meta))
+
+    def compare_params(self, c: Comparison) -> CompareParams:
+        return CompareParams(embedding_model=self.compare["embedding_model"], meta=meta_flags(c.meta))
+
+    def aggregate_params(self) -> AggregateParams:
+        return AggregateParams(sizes=flags(self.sizes()),
+                               grid_config=json.dumps(self.config_without_disk(), sort_keys=True, default=str))
+
+    def _rule_jobs(self, rule: str) -> tuple[str, str, dict]:
+        """(what a job of `rule` is, the path its wildcards fill, {that path: the job})."""
+        if rule == "prepare_data":
+            return "family", "{family}", {f: f for f in self.models_of_family}
+        if rule == "fetch_model":
+            return "hub model", "{model}", {m: m for m in self.hub_models}
+        if rule == "sft":
+            return "SFT run", SFT_DIR, self.sft_runs_by_id
+        if rule == "distill":
+            return "distillation cell", KD_DIR, self.cells_by_id
+        if rule == "teacher_outputs":
+            return "teacher-output cache", TEACHER_OUTPUTS_FILE, self.teacher_outputs_by_path
+        if rule == "teacher_responses":
+            return "teacher responses", TEACHER_RESPONSES_FILE, self.teacher_responses_by_path
+        if rule == "evaluate":
+            return "checkpoint", "{ckpt}", self.evaluations_by_ckpt
+        if rule == "compare":
+            return "comparison", "{comparison}", self.comparisons_by_id
+        raise KdgridError(f"rule {rule!r} has no jobs of their own in the grid")
+
+    def inputs_table(self, rule: str) -> JobTable:
+        """Each job's inputs of `rule` (a dict for `unpack`), keyed by the path its wildcards fill."""
+        what, key, jobs = self._rule_jobs(rule)
+        inputs = self.teacher_signal_inputs if rule.startswith("teacher_") else getattr(self, f"{rule}_inputs")
+        return JobTable(what, key, {k: inputs(job) for k, job in jobs.items()})
+
+    def params_table(self, rule: str) -> JobTable:
+        """Each job's params record of `rule` (`Grid.<rule>_params`), keyed by the path its wildcards fill.
+        prepare_data's are made per job when asked (they may hash local data files)."""
+        what, key, jobs = self._rule_jobs(rule)
+        make = getattr(self, f"{rule}_params")
+        names = [f.name for f in dataclasses.fields(PARAMS_OF_RULE[rule])]
+        if rule == "prepare_data":
+            return JobTable(what, key, jobs, make=make, names=names)
+        return JobTable(what, key, {k: make(job) for k, job in jobs.items()}, names=names)
+
+    def resources_table(self, rule: str) -> JobTable:
+        """Each job's kdgrid.resources_plan.JobResources of `rule` (compare: the light plan of every job)."""
+        if rule == "compare":
+            from ..resources_plan import plan_light
+
+            light = plan_light(self.resources)
+            what, key, jobs = self._rule_jobs(rule)
+            return JobTable(what, key, dict.fromkeys(jobs, light))
+        what, key, jobs = self._rule_jobs(rule)
+        plan = {"sft": self.resources_sft, "distill": self.resources_distill,
+                "evaluate": lambda ev: self.resources_inference(ev.model, ev.family, "evaluate"),
+                "teacher_outputs": lambda t: self.resources_inference(t.teacher, t.family, "teacher_outputs"),
+                "teacher_responses": lambda t: self.resources_inference(t.teacher, t.family, "teacher_responses"),
+                }[rule]
+        return JobTable(what, key, {k: plan(job) for k, job in jobs.items()})
 
     # -- resources -----------------------------------------------------------------------------
     # What a job's resources and its estimated cost (kdgrid.cost_plan) both follow from: the arguments
@@ -480,11 +706,11 @@ class Grid:
 
     # -- everything `rule all` asks for --------------------------------------------------------
     def final_targets(self) -> list[str]:
-        targets = [self.out(e.ckpt, "eval", "scores.json") for e in self.evaluations]
-        targets += [self.out(c.id + ".json") for c in self.comparisons]
+        targets = [self.out(EVAL_SCORES.format(ckpt=e.ckpt)) for e in self.evaluations]
+        targets += [self.out(COMPARE_FILE.format(comparison=c.id)) for c in self.comparisons]
         targets += [self.out(p) for p in (TABLE_CSV, TABLE_PARQUET, COST_CSV, COST_JOBS_CSV, STATS_CSV, STATS_MD)]
-        targets += [self.out(PLOTS_DIR, f"{name}.{ext}") for name in PLOT_NAMES for ext in ("png", "pdf")]
-        targets += [self.out(PLOTS_DIR, "captions", f"{name}.rst") for name in PLOT_NAMES]
+        targets += [self.out(PLOT_FILE.format(name=name, ext=ext)) for name in PLOT_NAMES for ext in ("png", "pdf")]
+        targets += [self.out(PLOT_CAPTION.format(name=name)) for name in PLOT_NAMES]
         return targets
 
 
@@ -594,6 +820,7 @@ def expand_grid(config: dict) -> Grid:
         resources=resources_section(config),
         disk=section(config, "disk", DEFAULT_DISK),
         models_dir=str(config.get("models_dir") or DEFAULT_MODELS_DIR).rstrip("/"),
+        config=copy.deepcopy(config),
     )
     blocks = as_list(config.get("blocks"), "blocks")
     if not blocks:
