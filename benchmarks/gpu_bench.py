@@ -49,15 +49,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # step_cost.py beside this file
+from step_cost import QWEN2_SHAPES
 
 # Qwen2.5 config.json values: hidden size, layers, attention heads, key-value heads, MLP width,
 # vocabulary (logits width), tied embeddings. All three use rope_theta 1e6 and rms_norm_eps 1e-6.
 # The tiny stand-ins keep the relations that matter to the code paths: the second teacher has a wider,
 # untied output layer (as 7B's 152,064 against the student's 151,936).
 MODEL_SHAPES = {
-    "qwen2.5-0.5b": (896, 24, 14, 2, 4864, 151_936, True),
-    "qwen2.5-3b": (2048, 36, 16, 2, 11008, 151_936, True),
-    "qwen2.5-7b": (3584, 28, 28, 4, 18944, 152_064, False),
+    **{name: QWEN2_SHAPES[name] for name in ("qwen2.5-0.5b", "qwen2.5-3b", "qwen2.5-7b")},
     "tiny-student": (64, 2, 4, 2, 128, 768, True),
     "tiny-teacher": (96, 2, 4, 2, 192, 768, True),
     "tiny-teacher-wide": (128, 2, 4, 2, 256, 896, False),

@@ -3,6 +3,7 @@ setting, and the divergences written out straightforwardly in float64 (independe
 that kdgrid's values and gradients are compared with."""
 
 import math
+from types import SimpleNamespace
 
 import torch
 
@@ -78,3 +79,14 @@ def sparse_from_dense(teacher_logits, k, temperature, width=None):
     in_top = torch.zeros_like(rows, dtype=torch.bool).scatter(-1, ids, True)[..., :width]
     rest = scaled.masked_fill(in_top, -math.inf).logsumexp(-1)
     return SparseTeacher(values.float(), ids, scaled.logsumexp(-1).float(), rest.float(), temperature, width)
+
+
+class FixedTeacher(torch.nn.Module):
+    """A 'teacher' whose logits are given, [examples, positions, vocab], for compute_teacher_outputs."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.fixed = logits
+
+    def forward(self, input_ids, attention_mask):
+        return SimpleNamespace(logits=self.fixed[:input_ids.shape[0], :input_ids.shape[1]])

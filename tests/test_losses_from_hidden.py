@@ -13,21 +13,13 @@ from kdgrid import losses, losses_from_hidden
 from kdgrid.errors import KdgridError
 from kdgrid.teacher_cache import compute_teacher_outputs
 from kdgrid.training.trainer import causal_lm_loss
+from loss_references import FixedTeacher
 
 torch.set_num_threads(1)
 METHODS = {"fkl": {}, "rkl": {}, "gkd": {"beta": 0.3}, "gkd_beta0": {"beta": 0.0}, "gkd_beta1": {"beta": 1.0},
            "skew_kl": {"skew": 0.1}, "tvd": {}}
 
 
-class Fixed(torch.nn.Module):
-    """A 'teacher' whose logits are given, for compute_teacher_outputs."""
-
-    def __init__(self, logits):
-        super().__init__()
-        self.fixed = logits
-
-    def forward(self, input_ids, attention_mask):
-        return SimpleNamespace(logits=self.fixed[:input_ids.shape[0], :input_ids.shape[1]])
 
 
 def case(student_vocab=50, teacher_vocab=60, batch=3, seq=7, hidden=16, teacher_hidden=24, dtype=torch.float64):
@@ -45,7 +37,7 @@ def case(student_vocab=50, teacher_vocab=60, batch=3, seq=7, hidden=16, teacher_
 def sparse(c, temperature, k=5, samples=0):
     logits = (c.teacher_hidden @ c.teacher_weight.T).float()
     examples = [[1] * logits.shape[1]] * logits.shape[0]
-    cache = compute_teacher_outputs(Fixed(logits), examples, k, [temperature], batch_size=len(examples),
+    cache = compute_teacher_outputs(FixedTeacher(logits), examples, k, [temperature], batch_size=len(examples),
                                     widths=sorted({logits.shape[-1], min(logits.shape[-1], c.weight.shape[0])}),
                                     tail_samples=samples)
     return cache.batch(range(len(examples)), logits.shape[1], temperature,

@@ -2,29 +2,18 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
 from kdgrid import losses
 from kdgrid.errors import KdgridError
 from kdgrid.teacher_cache import TeacherCache, compute_teacher_outputs
-from loss_references import loss_of
+from loss_references import FixedTeacher, loss_of
 
 torch.set_num_threads(1)
 UNBIASED = ["fkl", "skew_kl", "tvd"]
 
 
-class Fixed(torch.nn.Module):
-    """A 'teacher' whose logits are given: [examples, positions, vocab]."""
-
-    def __init__(self, logits):
-        super().__init__()
-        self.fixed = logits
-
-    def forward(self, input_ids, attention_mask):
-        return SimpleNamespace(logits=self.fixed[:input_ids.shape[0], :input_ids.shape[1]])
 
 
 def case(vocab=60, batch=3, seq=7, seed=0, spread=2.0):
@@ -38,7 +27,7 @@ def case(vocab=60, batch=3, seq=7, seed=0, spread=2.0):
 
 def cached(teacher_logits, k, samples, temperature=1.0, seed=0, width=None, widths=None):
     examples = [[1] * teacher_logits.shape[1]] * teacher_logits.shape[0]
-    cache = compute_teacher_outputs(Fixed(teacher_logits), examples, k, [temperature], batch_size=len(examples),
+    cache = compute_teacher_outputs(FixedTeacher(teacher_logits), examples, k, [temperature], batch_size=len(examples),
                                     widths=widths, tail_samples=samples, seed=seed)
     return cache.batch(range(len(examples)), teacher_logits.shape[1], temperature, width=width)
 
@@ -102,7 +91,7 @@ def test_the_format_keeps_samples_and_the_teachers_rest_mass(tmp_path):
     teacher, _, _ = case()
     path = tmp_path / "c.pt"
     examples = [[1] * teacher.shape[1]] * teacher.shape[0]
-    made = compute_teacher_outputs(Fixed(teacher), examples, 4, [1.0, 2.0], batch_size=3, tail_samples=16, seed=7)
+    made = compute_teacher_outputs(FixedTeacher(teacher), examples, 4, [1.0, 2.0], batch_size=3, tail_samples=16, seed=7)
     made.save(path)
     cache = TeacherCache.load(path)
     assert cache.tail_samples == 16 and cache.tail_ids.shape == (2, 21, 16)
@@ -110,7 +99,7 @@ def test_the_format_keeps_samples_and_the_teachers_rest_mass(tmp_path):
     rest = torch.softmax(teacher.reshape(-1, 60), -1).sort(-1, descending=True).values[:, 4:].sum(-1)
     assert cache.meta["fidelity"]["1"]["teacher_rest_mass_mean"] == pytest.approx(rest.mean().item(), rel=1e-4)
     assert cache.meta["fidelity"]["1"]["teacher_rest_mass_max"] == pytest.approx(rest.max().item(), rel=1e-4)
-    again = compute_teacher_outputs(Fixed(teacher), examples, 4, [1.0, 2.0], batch_size=3, tail_samples=16, seed=7)
+    again = compute_teacher_outputs(FixedTeacher(teacher), examples, 4, [1.0, 2.0], batch_size=3, tail_samples=16, seed=7)
     assert torch.equal(again.tail_ids, cache.tail_ids)  # the seed decides the samples
     top = cache.topk_ids.long()[:, None, :].expand(-1, 16, -1)
     assert not bool((cache.tail_ids[0].long()[..., None] == top).any())  # samples come from the rest only

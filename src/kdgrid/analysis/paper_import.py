@@ -30,7 +30,7 @@ RESULT_FILES = {
 }
 AGREEMENT_FILES = {"EM1.csv": "math", "EM1_cs.csv": "commonsense"}
 FIDELITY_FILES = {"BLEU.csv": "math"}
-METHODS = {"KD": "fkl", "RevKD": "rkl", "GKD": "gkd"}
+METHOD_OF_PAPER_LABEL = {"KD": "fkl", "RevKD": "rkl", "GKD": "gkd"}  # the paper tables' method labels
 KEY_COLUMNS = ("Teacher", "Student", "Method")
 _KD_METHOD = re.compile(r"^student_(KD|RevKD|GKD)(_base_teacher)?_temp_([0-9]+(?:\.[0-9]+)?)$")
 _SIZE = re.compile(r"-([0-9]+(?:\.[0-9]+)?)B$")
@@ -82,7 +82,7 @@ def _identity(method: str, teacher: str, student: str, path: Path, line: int) ->
     if teacher in ("", "-"):
         raise KdgridError(f"{path}, line {line}: KD row {method!r} has no Teacher")
     return {"role": "kd", "model": student, "teacher": teacher_name(teacher), "student": student,
-            "method": METHODS[match.group(1)], "temperature": float(match.group(3)), "noise_sigma": 0.0,
+            "method": METHOD_OF_PAPER_LABEL[match.group(1)], "temperature": float(match.group(3)), "noise_sigma": 0.0,
             "teacher_kind": "base" if match.group(2) else "sft"}
 
 
