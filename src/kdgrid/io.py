@@ -180,6 +180,23 @@ def _replace_dir(tmp: Path, target: Path) -> None:
     _remove(aside)
 
 
+def _publish_or_discard(target: Path, tmp: Path, publish, discard) -> Iterator[Path]:
+    """Yield `tmp`; `publish(tmp, target)` if the block succeeds, `discard(tmp)` whatever happens to it."""
+    try:
+        try:
+            yield tmp
+        except BaseException as e:
+            full = _disk_full_error(target, tmp, e)
+            if full is not None:
+                raise full from e
+            raise
+        _make_readable(tmp)
+        publish(tmp, target)
+    finally:
+        if tmp.exists():
+            discard(tmp)
+
+
 @contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `target`; rename it onto `target` if the block succeeds."""
@@ -191,20 +208,7 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     except OSError as e:
         raise _unwritable(target, e) from e
     os.close(fd)
-    tmp = Path(tmp)
-    try:
-        try:
-            yield tmp
-        except BaseException as e:
-            full = _disk_full_error(target, tmp, e)
-            if full is not None:
-                raise full from e
-            raise
-        _make_readable(tmp)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    yield from _publish_or_discard(target, Path(tmp), os.replace, Path.unlink)
 
 
 @contextmanager
@@ -218,19 +222,7 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
         tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(target), suffix=TMP_SUFFIX, dir=target.parent))
     except OSError as e:
         raise _unwritable(target, e) from e
-    try:
-        try:
-            yield tmp
-        except BaseException as e:
-            full = _disk_full_error(target, tmp, e)
-            if full is not None:
-                raise full from e
-            raise
-        _make_readable(tmp)
-        _replace_dir(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    yield from _publish_or_discard(target, tmp, _replace_dir, lambda path: shutil.rmtree(path, ignore_errors=True))
 
 
 def write_text(target: str | os.PathLike, text: str) -> None:
