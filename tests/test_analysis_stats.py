@@ -222,3 +222,41 @@ def test_stats_command_writes_csv_and_summary(table, tmp_path):
     assert f"t = {expected.statistic:.2f}" in summary
     assert "| H3_student_size | all |" in summary and "supported" in summary
     assert len(pd.read_csv(out_cells)) == 10 * 3
+
+
+def test_anova_permutation_with_a_method_of_one_cell():
+    """A method with a single cell is a valid one-way ANOVA group, which scipy's permutation test refuses
+    (found by the tiny demo's stats job): the labelling test is enumerated by kdgrid, and equals both
+    scipy where scipy can run and a brute force over every ordering."""
+    import itertools
+
+    import numpy as np
+    import pandas as pd
+    from scipy import stats
+
+    from kdgrid.analysis import hypotheses
+
+    def brute_force(groups):
+        values, sizes = np.concatenate(groups), [len(g) for g in groups]
+        bounds = np.cumsum(sizes)[:-1]
+        observed = stats.f_oneway(*groups).statistic
+        null = [stats.f_oneway(*np.split(values[list(order)], bounds)).statistic
+                for order in itertools.permutations(range(len(values)))]
+        return float(np.mean(np.array(null) >= observed * (1 - 1e-12)))
+
+    two_each = [np.array([0.5, 1.5, 1.0]), np.array([3.0, 2.0]), np.array([-1.0, 0.0])]
+    count = math.factorial(7) // (math.factorial(3) * 2 * 2)
+    ours = hypotheses._f_permutation_p(two_each, count, hypotheses.PERM_RESAMPLES)
+    scipys = stats.permutation_test(two_each, lambda *g, axis: stats.f_oneway(*g, axis=axis).statistic,
+                                    permutation_type="independent", alternative="greater", vectorized=True,
+                                    n_resamples=hypotheses.PERM_RESAMPLES, rng=0).pvalue
+    assert ours == pytest.approx(scipys, abs=1e-12) == pytest.approx(brute_force(two_each), abs=1e-12)
+
+    singleton = [np.array([0.5, 1.5, 1.0, 0.75]), np.array([4.0]), np.array([-1.0, 0.0])]
+    cells = pd.DataFrame({"method": ["fkl"] * 4 + ["rkl"] + ["tvd"] * 2,
+                          "improvement": np.concatenate(singleton), "improvement_heldout": np.nan, "n_seeds": 1,
+                          "seed_sd": np.nan})
+    row = hypotheses._anova(cells)
+    assert row["perm_test"].startswith("permuted method labels, exact")
+    assert row["p_perm"] == pytest.approx(brute_force(singleton), abs=1e-12)
+    assert 0 < row["p_perm"] < 1 and row["p_value"] == pytest.approx(stats.f_oneway(*singleton).pvalue)

@@ -243,6 +243,42 @@ def _mixed_model(runs):
         return smf.mixedlm("improvement ~ 1", data, groups=data["cell_id"]).fit(reml=True)
 
 
+def _f_permutation_p(groups, count: int, resamples: int) -> float:
+    """P(F >= the observed F) with the method labels permuted, for groups of which one has a single cell:
+    a valid one-way ANOVA group that scipy.stats.permutation_test refuses (it needs two per sample). The
+    same test as scipy's otherwise: every distinct labelling when there are at most `resamples` (exact),
+    else `resamples` random labellings with seed PERM_SEED and p = (hits + 1) / (resamples + 1)."""
+    import itertools
+
+    import numpy as np
+    from scipy import stats
+
+    values = np.concatenate(groups)
+    sizes = [len(g) for g in groups]
+    bounds = np.cumsum(sizes)[:-1]
+
+    def f_of(rows):  # rows: [labellings, n], each row's values in group order
+        return stats.f_oneway(*np.split(rows, bounds, axis=-1), axis=-1).statistic
+
+    observed = f_of(values[None, :])[0]
+    if count <= resamples:
+        def labellings(remaining, sizes_left):
+            if not sizes_left:
+                yield ()
+                return
+            for chosen in itertools.combinations(remaining, sizes_left[0]):
+                rest = [i for i in remaining if i not in chosen]
+                for tail in labellings(rest, sizes_left[1:]):
+                    yield chosen + tail
+        orders = np.array(list(labellings(list(range(len(values))), sizes)))
+        null = f_of(values[orders])
+        return float(np.mean(null >= observed * (1 - 1e-12)))
+    rng = np.random.default_rng(PERM_SEED)
+    orders = np.argsort(rng.random((resamples, len(values))), axis=1)
+    null = f_of(values[orders])
+    return float((np.sum(null >= observed * (1 - 1e-12)) + 1) / (resamples + 1))
+
+
 def _anova(cells) -> dict:
     import numpy as np
     import pingouin as pg
@@ -262,12 +298,15 @@ def _anova(cells) -> dict:
     groups = [g.to_numpy(dtype=float) for _, g in cells.groupby("method")["improvement"]]
     count = math.factorial(len(cells)) // math.prod(math.factorial(len(g)) for g in groups)
     resamples, how = _exact_or_mc(count)
-    perm = stats.permutation_test(groups, lambda *g, axis: stats.f_oneway(*g, axis=axis).statistic,
-                                  permutation_type="independent", alternative="greater", vectorized=True,
-                                  n_resamples=resamples, rng=PERM_SEED)
+    if min(len(g) for g in groups) >= 2:
+        p_perm = stats.permutation_test(groups, lambda *g, axis: stats.f_oneway(*g, axis=axis).statistic,
+                                        permutation_type="independent", alternative="greater", vectorized=True,
+                                        n_resamples=resamples, rng=PERM_SEED).pvalue
+    else:
+        p_perm = _f_permutation_p(groups, count, resamples)
     return {**common, "statistic_name": "F", "statistic": float(res["F"]), "dof": float(res["ddof2"]),
             "p_value": float(res["p_unc"]), "effect_size_name": "np2", "effect_size": float(res["np2"]),
-            "p_perm": float(np.nan_to_num(perm.pvalue, nan=1.0)), "perm_test": f"permuted method labels, {how}",
+            "p_perm": float(np.nan_to_num(p_perm, nan=1.0)), "perm_test": f"permuted method labels, {how}",
             "p_min": smallest_p("anova", len(cells), [len(g) for g in groups]), "min_n": min_n("anova", len(groups))}
 
 
