@@ -353,8 +353,9 @@ class Grid:
         so that they re-run nothing a full fine-tuning does not read)."""
         return config_flags(TrainConfig, "training", self.families[family].training)
 
-    def distill_args(self, cell: Cell) -> list[str]:
-        """Flags of a KD cell beyond the family's hyper-parameters: its method and teacher signal."""
+    def distill_args(self, cell: Cell, cache_path: bool = True) -> list[str]:
+        """Flags of a KD cell beyond the family's hyper-parameters: its method and teacher signal.
+        `cache_path=False`: without `--teacher-cache PATH`, which the rule passes from its input."""
         spec = get_method(cell.method)
         args = ["--method", cell.method, "--seed", str(cell.seed)]
         if spec.reads_logits:
@@ -363,8 +364,8 @@ class Grid:
                 args += ["--noise-sigma", fmt_number(cell.noise_sigma)]
             cache = self.teacher_outputs_of(cell)
             if cache is not None:
-                args += ["--teacher-cache", self.out(cache.path),
-                         "--cache-max-loss-error", fmt_number(self.cache_tolerance(cell.method))]
+                args += ["--teacher-cache", self.out(cache.path)] if cache_path else []
+                args += ["--cache-max-loss-error", fmt_number(self.cache_tolerance(cell.method))]
         for key in spec.settings:
             args += [f"--{key.replace('_', '-')}", str(self.kd[key])]
         return args + spec.loss_version_flag(self.kd)
@@ -493,10 +494,7 @@ class Grid:
                          training=flags(self.training_args(run.family)), cell=run.id)
 
     def distill_params(self, cell: Cell) -> DistillParams:
-        args = self.distill_args(cell)
-        if "--teacher-cache" in args:  # the cache is an input of the rule, which passes it as {input.cache}
-            at = args.index("--teacher-cache")
-            del args[at:at + 2]
+        args = self.distill_args(cell, cache_path=False)  # the rule passes the cache as {input.cache}
         return DistillParams(student=self.model_ref(cell.student), model_revision=self.revision_param(cell.student),
                              teacher_revision=self.teacher_revision_param(cell.teacher, cell.teacher_kind),
                              training=flags(self.training_args(cell.family)), distill=flags(args), cell=cell.id)
