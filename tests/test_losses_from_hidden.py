@@ -210,3 +210,27 @@ def test_bad_inputs_are_named():
         losses.linear_kd_loss(c.hidden, c.weight, (c.teacher_hidden, c.teacher_weight), c.mask, "nope")
     with pytest.raises(KdgridError, match="labels shape"):
         losses.linear_cross_entropy(c.hidden, c.weight, torch.zeros(3, 2, dtype=torch.long))
+
+
+@pytest.mark.parametrize("need_grad", [True, False])
+def test_at_most_two_blocks_of_logits_exist_at_once(need_grad, monkeypatch):
+    # the student's block (then its gradient) and an online teacher's block: the previous block is gone
+    # before the next one's logits are formed (one more block-sized tensor is 88 MiB at Qwen2.5's vocabulary)
+    import weakref
+
+    monkeypatch.setattr(losses_from_hidden, "HEAD_BLOCK_ELEMENTS", 100)  # 2 rows a block: 6 blocks
+    formed, most_alive = [], []
+    real_logits = losses_from_hidden._logits
+
+    def counting(*args):
+        most_alive.append(sum(ref() is not None for ref in formed))
+        out = real_logits(*args)
+        formed.append(weakref.ref(out))
+        return out
+
+    monkeypatch.setattr(losses_from_hidden, "_logits", counting)
+    c = case()
+    hidden = c.hidden.requires_grad_(need_grad)
+    with torch.set_grad_enabled(need_grad):
+        losses.linear_kd_loss(hidden, c.weight, (c.teacher_hidden, c.teacher_weight), c.mask, "fkl")
+    assert len(formed) == 12 and max(most_alive) <= 1, most_alive

@@ -28,11 +28,14 @@ from . import losses
 from .errors import KdgridError
 from .teacher_cache import SparseTeacher
 
-# Logits of one block of rows through the output layer (48 MiB in float32, 82 rows at a 152k vocabulary); the
-# block's gradient overwrites them. The divergence runs over sub-chunks of SUB_CHUNK_ELEMENTS (4 MiB): its
-# elementwise work does not need large chunks, and small ones keep the CPU heap from holding freed 16 MiB
-# intermediates (benchmarks/loss_from_hidden.py: peak 471 MiB with 16 MiB sub-chunks, 239 MiB with 4 MiB).
-HEAD_BLOCK_ELEMENTS = 3 << 22
+# Logits of one block of rows through the output layer (88 MiB in float32, 151 rows at a 152k vocabulary); the
+# block's gradient overwrites them, and an online teacher's block of logits exists beside them. Each product
+# through the output layer reads (and packs) the whole [V, H] weight, so blocks of few rows run slower per row
+# (benchmarks/loss_from_hidden.py at Qwen2.5's shapes, 2 CPU threads: 82 rows 1.3 x, 151 rows about 1.1 x the
+# time of the full logits' products; peak 194 and 277 MiB, the goal's limit 298). The divergence runs over
+# sub-chunks of SUB_CHUNK_ELEMENTS (4 MiB): its elementwise work does not need large chunks, and small ones
+# keep the CPU heap from holding freed 16 MiB intermediates (peak 471 MiB with 16 MiB sub-chunks, 239 with 4).
+HEAD_BLOCK_ELEMENTS = 11 << 21
 SUB_CHUNK_ELEMENTS = 1 << 20
 
 
@@ -232,6 +235,7 @@ class _HeadChunks(torch.autograd.Function):
             logits = _logits(h, weight.detach(), None if bias is None else bias.detach(), width, compute_dtype)
             total += chunk_loss(block, logits, row_weights[block].to(compute_dtype), need_grad)
             if not need_grad:
+                del logits  # before the next block's logits exist
                 continue
             grad = logits  # overwritten by the loss's gradient w.r.t. the logits
             if need_hidden:
@@ -240,6 +244,7 @@ class _HeadChunks(torch.autograd.Function):
                 grad_weight[:width].addmm_(grad.T, h.to(compute_dtype))
             if need_bias:
                 grad_bias[:width] += grad.sum(0)
+            del logits, grad  # before the next block's logits exist
         saved = (grad_hidden, grad_weight, grad_bias)
         ctx.saved = tuple(None if g is None else (g if g.dtype == t.dtype else g.to(t.dtype))
                           for g, t in zip(saved, (hidden_rows, weight, bias)))
