@@ -484,7 +484,6 @@ def test_grad_accum_is_shared_by_the_processes_so_the_effective_batch_stays():
 
 
 def test_killed_run_resumes_and_matches_an_uninterrupted_one(world, teacher):
-    from safetensors.torch import load_file
 
     flags = ["train", "--mode", "distill", "--method", "fkl", "--model", str(world / "tiny-xs"), "--teacher",
              str(teacher / "model"), "--data", str(world / "train.json"), "--lr", "1e-2", "--max-steps", "8",
@@ -497,14 +496,22 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(world, teacher):
 
     assert kdgrid([*flags, "--out", str(cell)]) == 0
     assert kdgrid([*flags, "--out", str(reference)]) == 0
+    assert_resumed_as_uninterrupted(cell, reference, from_step=4, steps=8, tolerance=1e-6)
+    assert not (cell / "checkpoints").exists()
+
+
+def assert_resumed_as_uninterrupted(cell, reference, from_step, steps, tolerance):
+    """The run of `cell` resumed from checkpoint-<from_step> and ended as the uninterrupted `reference`:
+    every step logged once, the same losses and weights."""
+    from safetensors.torch import load_file
+
     rows = log_rows(cell)
-    assert {"event": "resume", "from_step": 4, "checkpoint": "checkpoint-4"} in rows
-    assert [r["step"] for r in rows if "step" in r] == list(range(1, 9))
-    assert step_losses(cell) == pytest.approx(step_losses(reference), rel=1e-6)
+    assert {"event": "resume", "from_step": from_step, "checkpoint": f"checkpoint-{from_step}"} in rows
+    assert [r["step"] for r in rows if "step" in r] == list(range(1, steps + 1))
+    assert step_losses(cell) == pytest.approx(step_losses(reference), rel=tolerance)
     resumed, straight = load_file(cell / "model" / "model.safetensors"), load_file(reference / "model" / "model.safetensors")
     for name, tensor in straight.items():
-        torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=1e-6)
-    assert not (cell / "checkpoints").exists()
+        torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=tolerance)
 
 
 def test_the_done_line_and_the_log_say_what_the_run_cost_and_checkpoints_can_be_kept(world, capsys):
@@ -530,7 +537,6 @@ SIGNAL_FLAGS = ["train", "--mode", "distill", "--method", "fkl", "--lr", "1e-2",
 def test_sigusr1_saves_a_checkpoint_at_that_step_and_the_rerun_resumes_from_it(world, teacher):
     """--save-steps 1000: the only checkpoint is the one the signal asked for. Two processes under ZeRO-2,
     the signal reaching rank 0 only: both ranks stop at the same step and write their shards."""
-    from safetensors.torch import load_file
 
     flags = [*SIGNAL_FLAGS, "--model", str(world / "tiny-xs"), "--teacher", str(teacher / "model"),
              "--data", str(world / "train.json")]
@@ -548,13 +554,7 @@ def test_sigusr1_saves_a_checkpoint_at_that_step_and_the_rerun_resumes_from_it(w
     resumed = run_kdgrid([*flags, "--nproc", "2", "--zero-stage", "2", "--out", str(cell)])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert kdgrid([*flags, "--out", str(reference)]) == 0
-    rows = log_rows(cell)
-    assert {"event": "resume", "from_step": 3, "checkpoint": "checkpoint-3"} in rows
-    assert [r["step"] for r in rows if "step" in r] == list(range(1, 9))
-    assert step_losses(cell) == pytest.approx(step_losses(reference), rel=1e-5)
-    weights, straight = load_file(cell / "model" / "model.safetensors"), load_file(reference / "model" / "model.safetensors")
-    for name, tensor in straight.items():
-        torch.testing.assert_close(weights[name], tensor, rtol=0, atol=1e-5)
+    assert_resumed_as_uninterrupted(cell, reference, from_step=3, steps=8, tolerance=1e-5)
 
 
 def test_sigterm_from_outside_mid_run_checkpoints_the_current_step(world):

@@ -373,6 +373,16 @@ def _token_weights(mask: torch.Tensor, per_sequence: bool):
     return rows, other_rows, weights.reshape(-1)[rows].float()
 
 
+def _check_cache_rows(teacher: SparseTeacher, rows: torch.Tensor, width: int) -> None:
+    """The cache batch covers the student's width and has a row at every masked position."""
+    if width < teacher.width:
+        raise KdgridError(f"the cached teacher rows cover {teacher.width} logits, the student has "
+                          f"{width}: take the cache batch at the student's width (TeacherCache.batch(width=...))")
+    if rows.numel() and bool((teacher.topk_ids.reshape(-1, teacher.k)[rows, 0] < 0).any()):
+        raise KdgridError("the mask selects a position the teacher cache has no row for "
+                          "(cached example shorter than the training sequence)")
+
+
 def _divergence(terms, student_logits, teacher_logits, mask, temperature, per_sequence, tail=None):
     if isinstance(student_logits, StudentHead):  # hidden states and output layer instead of logits
         return student_logits.divergence(terms, teacher_logits, mask, temperature, per_sequence, tail)
@@ -381,12 +391,7 @@ def _divergence(terms, student_logits, teacher_logits, mask, temperature, per_se
     width = min(student_logits.shape[-1], teacher_width)
     rows, other_rows, weights = _token_weights(mask.to(student_logits.device), per_sequence)
     if isinstance(teacher_logits, SparseTeacher):
-        if width < teacher_logits.width:
-            raise KdgridError(f"the cached teacher rows cover {teacher_logits.width} logits, the student has "
-                              f"{width}: take the cache batch at the student's width (TeacherCache.batch(width=...))")
-        if rows.numel() and bool((teacher_logits.topk_ids.reshape(-1, teacher_logits.k)[rows, 0] < 0).any()):
-            raise KdgridError("the mask selects a position the teacher cache has no row for "
-                              "(cached example shorter than the training sequence)")
+        _check_cache_rows(teacher_logits, rows, width)
         zeros = True
     else:
         teacher_logits = teacher_logits.detach()

@@ -67,12 +67,7 @@ class StudentHead:
         width = min(weight.shape[0], teacher_width)
         rows, _, row_weights = losses._token_weights(mask.to(hidden.device), per_sequence)
         if isinstance(teacher, SparseTeacher):
-            if width < teacher.width:
-                raise KdgridError(f"the cached teacher rows cover {teacher.width} logits, the student has "
-                                  f"{width}: take the cache batch at the student's width (TeacherCache.batch(width=...))")
-            if rows.numel() and bool((teacher.topk_ids.reshape(-1, teacher.k)[rows, 0] < 0).any()):
-                raise KdgridError("the mask selects a position the teacher cache has no row for "
-                                  "(cached example shorter than the training sequence)")
+            losses._check_cache_rows(teacher, rows, width)
             chunk_loss = _SparseTeacherRows(teacher, rows, terms, float(temperature), tail)
         elif teacher_pair:
             chunk_loss = _DenseTeacherRows(_TeacherHead(*teacher_head, rows, width), terms, float(temperature))
