@@ -20,13 +20,11 @@ import os
 import random
 from pathlib import Path
 
+from .data_options import SOURCES, SYNTHETIC_DEFAULTS, DataOptions
 from .errors import KdgridError, unknown
 from .grid.layout import TRAIN_FILE
 from .io import atomic_dir, write_json
 from .tasks import FAMILIES, tasks_of
-
-SOURCES = ("synthetic", "llm-adapters")
-SYNTHETIC_DEFAULTS = {"n_train": 600, "n_test": 100}
 
 
 def family_tasks(family: str, source: str) -> list[str]:
@@ -103,10 +101,10 @@ def read_data_verified(data_dir: str | os.PathLike) -> bool | None:
     return read_json(source).get("data_verified") if source.is_file() else None
 
 
-def prepare_family(family: str, source: str, out_dir: str | os.PathLike, seed: int = 0,
+def prepare_family(family: str, source: str, out_dir: str | os.PathLike, seed: int = DataOptions.seed,
                    n_train: int | None = None, n_test: int | None = None, tasks=None,
                    local: str | os.PathLike | None = None, limit_test: int | None = None,
-                   download_dir: str | os.PathLike | None = None, verify: bool = True) -> Path:
+                   download_dir: str | os.PathLike | None = None, verify: bool = DataOptions.verify) -> Path:
     """Write `out_dir/train.json`, `out_dir/test/<task>.json` and `out_dir/source.json`; return `out_dir`.
     `verify` False (llm-adapters, local folder only) reads files that are knowingly not the pinned ones."""
     if family not in FAMILIES:

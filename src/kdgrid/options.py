@@ -9,7 +9,9 @@ help text, choices and bounds (`option`). From that one field list come
 `config="training"` marks an option the config sets in that section (`families.<f>.training`,
 `evaluation`, ...) under the field's name; `listed=True` one that is comma-separated on the command line
 and a list in the config; `only_if={"finetune": "lora"}` one the grid passes only where another option
-has that value.
+has that value. A bool is a switch: `--name` turns on one that is off by default, `--no-name` turns off
+one that is on (`verify: bool = option(True)` is `--no-verify`); `cli_choices=(0, 1)` makes it a flag
+taking 0 or 1 instead.
 """
 
 from __future__ import annotations
@@ -36,7 +38,12 @@ def option(default=MISSING, *, help: str = "", choices=None, gt=None, ge=None, l
 
 
 def flag(f) -> str:
-    return "--" + f.name.replace("_", "-")
+    return ("--no-" if is_negated(f) else "--") + f.name.replace("_", "-")
+
+
+def is_negated(f) -> bool:
+    """A switch that is on by default: its flag (`--no-name`) turns it off."""
+    return f.default is True and f.metadata.get("cli_choices") is None
 
 
 def field_of(cls, name: str):
@@ -86,7 +93,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
         else:
             kwargs["default"] = cli_default(cls, f)
         if kind is bool and m.get("cli_choices") is None:
-            parser.add_argument(flag(f), action="store_true", **kwargs)
+            parser.add_argument(flag(f), dest=f.name, action="store_false" if is_negated(f) else "store_true",
+                                **kwargs)
             continue
         if kind is tuple:
             kwargs["nargs"] = m.get("nargs") or "*"
@@ -180,16 +188,17 @@ def check_config(cls, section: str, values: dict, where: str) -> None:
 
 
 def config_flags(cls, section: str, values: dict) -> list[str]:
-    """A config section's values as the command's flags, in field order: a list comma-joined, a true
-    bool as its bare flag; None, a false bool and an option whose `only_if` does not hold left out."""
+    """A config section's values as the command's flags, in field order: a list comma-joined, a switch
+    as its bare flag where it differs from its default; None, a switch at its default and an option
+    whose `only_if` does not hold left out."""
     args = []
     for f in config_fields(cls, section):
         value = values[f.name]
-        if value is None or value is False:
+        if value is None or value is is_negated(f):  # a switch at its default
             continue
         if any(values.get(key) != wanted for key, wanted in f.metadata.get("only_if", {}).items()):
             continue
-        if value is True:
+        if isinstance(value, bool):
             args.append(flag(f))
             continue
         if isinstance(value, (list, tuple)):

@@ -43,8 +43,9 @@ from dataclasses import asdict, dataclass
 
 from .errors import KdgridError
 
+ACCELERATORS = ("gpu", "cpu")
 DEFAULT_RESOURCES = {
-    "accelerator": "gpu",  # gpu | cpu
+    "accelerator": "gpu",  # one of ACCELERATORS
     "gpu_mem_gb": 40,  # memory of one GPU
     "usable_fraction": 0.8,  # share of it a job may plan to fill
     "max_gpus_per_job": 8,  # GPUs of one node
@@ -157,8 +158,9 @@ def cpu_inference_mem_gb(model_b: float, batch_size: int, tokens: int) -> float:
 
 
 def _check(res: dict) -> None:
-    if res["accelerator"] not in ("gpu", "cpu"):
-        raise KdgridError(f"config key resources.accelerator: {res['accelerator']!r} is not one of gpu, cpu")
+    if res["accelerator"] not in ACCELERATORS:
+        raise KdgridError(f"config key resources.accelerator: {res['accelerator']!r} is not one of "
+                          f"{', '.join(ACCELERATORS)}")
 
 
 def _runtime_min(res: dict, seconds: float) -> int:

@@ -39,7 +39,7 @@ from .splits import SPLIT_COLUMNS, split_accuracies
 
 AVERAGE = "Average"
 ROLES = ("base", "sft", "kd")
-TEACHER_KINDS = ("sft", "base")
+TEACHER_KINDS = ("sft", "base")  # a KD cell's teacher: fine-tuned on the family, or the base model
 METRICS = ("agreement", "bleu", "embedding_similarity")
 SFT_METRICS = tuple(f"sft_{m}" for m in METRICS)
 TABLE_COLUMNS = [
@@ -132,7 +132,7 @@ def _checkpoint(path: Path, obj) -> dict:
         model = student
         teacher_kind = teacher_kind or "sft"
         if teacher_kind not in TEACHER_KINDS:
-            raise KdgridError(f"{path}: meta.teacher_kind = {teacher_kind!r}; expected sft or base")
+            raise KdgridError(f"{path}: meta.teacher_kind = {teacher_kind!r}; expected {' or '.join(TEACHER_KINDS)}")
     else:
         teacher = method = teacher_kind = None
     if not model:

@@ -17,6 +17,7 @@ from pathlib import Path
 from ..answers import same_answer
 from ..errors import KdgridError
 from ..io import read_jsonl, write_json
+from .compare_options import CompareOptions
 from .runner import RECORDS_FILE
 
 BUNDLED_MINILM = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
@@ -102,7 +103,8 @@ def _average(values: dict) -> float | None:
     return sum(present) / len(present) if len(present) == len(values) else None
 
 
-def compare(student_dir, teacher_dir, out_file, embedding_model: str | None = "none", meta: dict | None = None) -> dict:
+def compare(student_dir, teacher_dir, out_file, embedding_model: str | None = CompareOptions.embedding_model,
+            meta: dict | None = None) -> dict:
     """Compare the student's evaluation folder with the teacher's and write `out_file` (JSON)."""
     student = read_eval_records(student_dir)
     teacher = read_eval_records(teacher_dir)

@@ -8,6 +8,8 @@
 - `expand`: the immutable `Grid` a config expands to, and everything the rules ask it.
 """
 
+from ..analysis.table import TEACHER_KINDS
+from ..data_options import SOURCES
 from ..methods import METHODS
 from .expand import Grid, expand_grid
 from .jobs import Cell, Comparison, Evaluation, SftRun, TeacherOutputs, TeacherResponses
@@ -76,8 +78,6 @@ from .spec import (
     DEFAULT_TRAINING,
     FAMILIES,
     FAMILY_KEYS,
-    SOURCES,
-    TEACHER_KINDS,
     FamilySpec,
     ModelSpec,
     load_config,

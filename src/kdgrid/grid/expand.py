@@ -20,11 +20,13 @@ import re
 from dataclasses import dataclass, field
 from functools import cached_property
 
+from ..analysis.table import TEACHER_KINDS
+from ..data_options import DataOptions
 from ..errors import KdgridError
 from ..evaluation.evaluate_options import EvaluateOptions
 from ..hub import LOCK_NAME, estimated_bytes, fetch_record
 from ..methods import METHODS, cache_serves, get_method
-from ..options import check_config, config_flags, field_of, problem
+from ..options import check_config, config_flags, field_of, flag, problem
 from ..training.config import TrainConfig
 from .jobs import Cell, Comparison, Evaluation, SftRun, TeacherOutputs, TeacherResponses
 from .layout import (
@@ -76,13 +78,12 @@ from .rule_params import (
 )
 from .spec import (
     CACHE_WIDTHS_ESTIMATE,
-    DEFAULT_COMPARE,
     DEFAULT_DISK,
     DEFAULT_KD,
-    TEACHER_KINDS,
     FamilySpec,
     ModelSpec,
     as_list,
+    default_compare,
     default_evaluation,
     parse_families,
     parse_models,
@@ -379,14 +380,17 @@ class Grid:
         return config_flags(EvaluateOptions, "evaluation", self.evaluation)
 
     def data_args(self, family: str) -> list[str]:
+        """`kdgrid data prepare`'s flags (DataOptions) for a family, in the order prepare_data's params
+        have always had them (another order would re-run every prepare_data job)."""
         spec = self.families[family]
         d = spec.data
-        args = ["--source", d["source"], "--seed", str(d["seed"]), "--tasks", ",".join(spec.tasks)]
+        named = {key: flag(field_of(DataOptions, key)) for key in (*d, "tasks")}
+        args = [named["source"], d["source"], named["seed"], str(d["seed"]), named["tasks"], ",".join(spec.tasks)]
         for key in ("local", "n_train", "n_test", "limit_test"):
             if d[key] is not None:
-                args += [f"--{key.replace('_', '-')}", str(d[key])]
+                args += [named[key], str(d[key])]
         if d["verify"] is False:
-            args.append("--no-verify")
+            args.append(named["verify"])
         return args
 
     def data_source_ids(self, family: str) -> dict[str, str | None]:
@@ -421,12 +425,12 @@ class Grid:
             "student": MODEL_NAME_REGEX,
             "method": "|".join(METHODS),
             "temperature": r"[0-9.]+(e-?[0-9]+)?",
-            "ablation": r"sft-teacher|base-teacher|noise[0-9.]+(e-?[0-9]+)?",
+            "ablation": "|".join(f"{kind}-teacher" for kind in TEACHER_KINDS) + r"|noise[0-9.]+(e-?[0-9]+)?",
             "seed": r"\d+",
-            "teacher_kind": "sft|base",
+            "teacher_kind": "|".join(TEACHER_KINDS),
             "top_k": r"\d+",
             "ckpt": r".+",
-            "comparison": r".+/compare(/[^/]+/(sft|base)-teacher)?",
+            "comparison": r".+/compare(/[^/]+/(" + "|".join(TEACHER_KINDS) + ")-teacher)?",
         }
 
     def hub_model_regex(self) -> str:
@@ -813,7 +817,7 @@ def expand_grid(config: dict) -> Grid:
         teacher_seed=int(teacher_seed) if teacher_seed is not None else seeds[0],
         kd=section(config, "kd", DEFAULT_KD),
         evaluation=evaluation,
-        compare=section(config, "compare", DEFAULT_COMPARE),
+        compare=section(config, "compare", default_compare()),
         teacher_cache=teacher_cache_section(config),
         resources=resources_section(config),
         disk=section(config, "disk", DEFAULT_DISK),

@@ -8,7 +8,9 @@ import os
 import re
 from dataclasses import dataclass
 
+from ..data_options import DEFAULT_SOURCE, SOURCES, DataOptions
 from ..errors import KdgridError, unknown
+from ..evaluation.compare_options import CompareOptions
 from ..evaluation.evaluate_options import EvaluateOptions
 from ..hub import COMMIT_REGEX
 from ..methods import METHODS, REGISTRY
@@ -16,9 +18,6 @@ from ..options import check_config, config_defaults
 from ..tasks import FAMILIES, tasks_of
 from ..training.config import TrainConfig
 from .layout import MODEL_NAME_REGEX
-
-TEACHER_KINDS = ("sft", "base")
-SOURCES = ("synthetic", "llm-adapters")
 
 
 def default_training() -> dict:
@@ -31,13 +30,24 @@ def default_evaluation() -> dict:
     return config_defaults(EvaluateOptions, "evaluation")
 
 
+def default_data() -> dict:
+    """A family's `data:` defaults: its source, then those of `kdgrid data prepare`'s options the config
+    sets (DataOptions)."""
+    return {"source": DEFAULT_SOURCE, **config_defaults(DataOptions, "data")}
+
+
+def default_compare() -> dict:
+    """The `compare:` defaults: those of `kdgrid compare`'s options the config sets (CompareOptions)."""
+    return config_defaults(CompareOptions, "compare")
+
+
 DEFAULT_TRAINING = default_training()
 # kd: the distillation options of `kdgrid train` (TrainConfig's config="kd" fields), and the length of
 # the teacher's responses for seqkd (`kdgrid teacher-responses --max-new-tokens`).
 DEFAULT_KD = {**config_defaults(TrainConfig, "kd"), "seqkd_max_new_tokens": 256}
 # (The KD settings each method reads: kdgrid.methods, Method.settings.)
 DEFAULT_EVALUATION = default_evaluation()
-DEFAULT_COMPARE = {"embedding_model": "none"}
+DEFAULT_COMPARE = default_compare()
 # The cache: top_k ids per token plus tail_samples ids drawn from the teacher's rest (docs/teacher_cache.md).
 # Cells up to max_temperature may read it; each measures it against its teacher on its first step and
 # reads it only if its loss error is within max_loss_error (per method; None: kdgrid.methods' defaults),
@@ -47,8 +57,7 @@ DEFAULT_TEACHER_CACHE = {"enabled": True, "top_k": 64, "tail_samples": 64, "max_
 CACHE_WIDTHS_ESTIMATE = 4  # rest normalisers per token: Qwen2.5's widths 151680-152064 (teacher_cache.default_widths)
 FAMILY_KEYS = ("tasks", "data", "training", "approx_train_examples", "approx_test_examples")
 DEFAULT_DISK = {"keep_checkpoints": False}  # a training job's checkpoints/ once its model is published
-DEFAULT_DATA = {"source": "llm-adapters", "local": None, "seed": 0, "n_train": None, "n_test": None, "limit_test": None,
-                "verify": True}
+DEFAULT_DATA = default_data()
 
 
 def unknown_at(where: str, kind: str, name, known) -> KdgridError:
@@ -131,7 +140,7 @@ def parse_families(config: dict) -> dict[str, FamilySpec]:
         for key in spec:
             if key not in FAMILY_KEYS:
                 raise unknown_at(f"families.{name}", "key", key, FAMILY_KEYS)
-        data = section(spec, "data", DEFAULT_DATA, where)
+        data = section(spec, "data", default_data(), where)
         if data["source"] not in SOURCES:
             raise KdgridError(f"config key {where}data.source: {data['source']!r} is not one of {', '.join(SOURCES)}")
         if data["verify"] is False and (data["source"] != "llm-adapters" or not data["local"]):
