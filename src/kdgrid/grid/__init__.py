@@ -5,7 +5,8 @@
 - `jobs`: the job types (cells, SFT runs, evaluations, comparisons, teacher signals);
 - `rule_params`: what each rule hands its command (one record per job kind) and the tables the rules
   look each job's inputs, params and resources up in;
-- `expand`: the immutable `Grid` a config expands to, and everything the rules ask it.
+- `expand`: the immutable `Grid` a config expands to, and everything the rules ask it;
+- `frozen`: what makes that grid read-only all the way down (frozen dicts and lists, derived values).
 """
 
 from ..methods import METHODS
