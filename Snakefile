@@ -42,7 +42,7 @@ include: "workflow/rules/analysis.smk"
 include: "workflow/rules/preflight.smk"
 
 
-from kdgrid.commands.grid import cache_conditions, is_dry_run
+from kdgrid.grid_summary import cache_conditions, is_dry_run
 
 if workflow.is_main_process and is_dry_run(sys.argv[1:]):
     # which cells may read the teacher cache, and under what condition (decided in each distill job)

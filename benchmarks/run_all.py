@@ -65,8 +65,8 @@ def benchmarks(args) -> dict[str, list[str]]:
 
 def grid_cost(config: str, out: str) -> int:
     """Teacher forward passes of the config's grid with and without the cache (`kdgrid grid teacher-cost`)."""
-    from kdgrid.commands.grid import teacher_cost
     from kdgrid.grid import expand_grid, load_config
+    from kdgrid.grid_summary import teacher_cost
     from kdgrid.io import write_json
 
     grid = expand_grid(load_config(config))

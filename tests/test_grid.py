@@ -308,7 +308,7 @@ def test_grid_command_prints_counts_and_costs(capsys):
 
 
 def test_importing_the_grid_stays_light():
-    code = ("import sys, kdgrid.grid, kdgrid.commands.grid; "
+    code = ("import sys, kdgrid.grid, kdgrid.grid_summary, kdgrid.commands.grid; "
             "print(sorted(m for m in ('torch', 'transformers', 'pandas', 'numpy', 'lm_eval') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
@@ -316,7 +316,7 @@ def test_importing_the_grid_stays_light():
 
 
 def test_summary_and_dry_run_say_which_cells_may_read_the_cache(capsys):
-    from kdgrid.commands.grid import is_dry_run
+    from kdgrid.grid_summary import is_dry_run
 
     assert main(["grid", "summary", "--config", str(ROOT / "config.yaml")]) == 0
     lines = [" ".join(line.split()) for line in capsys.readouterr().out.splitlines()]

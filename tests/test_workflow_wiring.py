@@ -1,11 +1,17 @@
-"""The rules only wire: no rule file reads the config or the grid's config sections, each rule's params
-come from one Grid method per job kind, and an input that is also a flag is passed as `{input.x}`."""
+"""The rules only wire: no rule file reads the config or the grid's config sections, builds text or
+spells a path piece of the layout, each rule's params come from one Grid method per job kind (no flag
+from a wildcard), an input that is also a flag is passed as `{input.x}`, and library code lives outside
+kdgrid.commands."""
 
+import ast
 import dataclasses
+import pkgutil
 import re
 
 import pytest
 
+import kdgrid.commands
+import kdgrid.grid.layout
 from kdgrid.errors import KdgridError
 from kdgrid.grid import PARAMS_OF_RULE, JobTable, expand_grid, load_config
 from workflow_support import ROOT
@@ -52,6 +58,97 @@ def test_the_grep_finds_what_it_forbids(tmp_path):
     bad.write_text('        cutoff=lambda w: GRID.families[w.family].training["cutoff"],\n')
     with pytest.raises(AssertionError, match="GRID.families"):
         test_no_rule_file_reads_the_config_or_the_grids_sections(bad)
+    # what common.smk, sft.smk, data.smk and fingerprint.smk had
+    bad.write_text('def hub_disk_summary():\n    disk = GRID.fetch_disk()\n'
+                   '    line = (f"kdgrid: {len(disk)} hub model(s) to fetch")\n    return line\n')
+    with pytest.raises(AssertionError, match="bad.smk:3 builds text"):
+        test_no_rule_file_function_builds_text(bad)
+    bad.write_text('        " --seed {wildcards.seed} {params.training} --cell {params.cell}"\n'
+                   '        "kdgrid data prepare --family {wildcards.family} {params.args} --out {params.out}"\n')
+    with pytest.raises(AssertionError, match="bad.smk:1 passes a wildcard as --seed"):
+        test_no_rule_passes_a_wildcard_as_a_flag(bad)
+    bad.write_text('    wildcard_constraints:\n        kind="test-sets",\n')
+    with pytest.raises(AssertionError, match="bad.smk:2 spells 'test-sets'"):
+        test_no_rule_file_spells_a_path_piece_of_the_layout(bad)
+
+
+def _function_lines(path):
+    """(line number, code) of the lines inside the functions a rule file defines."""
+    depth = None  # the indentation of the `def` whose body we are in
+    for number, code in _code_lines(path):
+        indent = len(code) - len(code.lstrip())
+        if depth is not None and indent <= depth:
+            depth = None
+        if depth is None and code.lstrip().startswith("def "):
+            depth = indent
+        elif depth is not None:
+            yield number, code
+
+
+@pytest.mark.parametrize("path", [ROOT / "Snakefile", *RULE_FILES], ids=lambda p: p.name)
+def test_no_rule_file_function_builds_text(path):
+    """A function in a rule file looks a job's values up; text (a summary, a report) is built by kdgrid."""
+    for number, code in _function_lines(path):
+        assert not re.search(r'\bf""', code), f"{path.name}:{number} builds text: {code.strip()}"
+
+
+@pytest.mark.parametrize("path", [ROOT / "Snakefile", *RULE_FILES], ids=lambda p: p.name)
+def test_no_rule_passes_a_wildcard_as_a_flag(path):
+    """A flag's value comes from the job's params record (kdgrid.grid.rule_params), as every other one."""
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        found = re.search(r"(--[\w-]+)[ =]\{wildcards\.", line)
+        assert not found, f"{path.name}:{number} passes a wildcard as {found.group(1)}: {line.strip()}"
+
+
+def _layout_pieces() -> set[str]:
+    """The fixed parts of kdgrid.grid.layout's paths ("fingerprints", "test-sets", "train.json", ...)."""
+    paths = [v for k, v in vars(kdgrid.grid.layout).items() if k.isupper() and not k.endswith("REGEX")
+             and isinstance(v, str)]
+    return {piece for p in paths for piece in p.split("/") if piece and "{" not in piece}
+
+
+@pytest.mark.parametrize("path", [ROOT / "Snakefile", *RULE_FILES], ids=lambda p: p.name)
+def test_no_rule_file_spells_a_path_piece_of_the_layout(path):
+    """Paths come from kdgrid.grid.layout (through common.smk's names), never spelled again in a rule.
+    A rule's name and its inputs', outputs' and params' names may read like a path piece ("sft", "model")."""
+    text = "\n".join(p.read_text() for p in (ROOT / "Snakefile", *RULE_FILES))
+    names = set(re.findall(r"^\s*(\w+)=", text, re.MULTILINE)) | set(re.findall(r"^(?:local)?rule (\w+):", text,
+                                                                                   re.MULTILINE))
+    pieces = _layout_pieces() - names
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        for literal in re.findall(r'"([^"]*)"', line.split("#", 1)[0]):
+            for piece in pieces:
+                assert not re.search(rf"(^|/){re.escape(piece)}($|/)", literal), \
+                    f"{path.name}:{number} spells {piece!r} (kdgrid.grid.layout): {line.strip()}"
+
+
+def _imports_a_command_module(path) -> bool:
+    return bool(re.search(r"\bkdgrid\.commands\b|^\s*from \.+commands\b|^\s*from \.+ import commands\b",
+                          path.read_text(), re.MULTILINE))
+
+
+def test_only_the_cli_imports_a_command_module():
+    """Library code lives outside kdgrid.commands (docs/architecture.md): the workflow, the benchmarks and
+    the library import none of its modules; only kdgrid.cli runs them."""
+    src = ROOT / "src/kdgrid"
+    files = [ROOT / "Snakefile", *RULE_FILES, *sorted((ROOT / "benchmarks").glob("*.py")),
+             *(p for p in sorted(src.rglob("*.py")) if p.parent != src / "commands" and p != src / "cli.py")]
+    assert len(files) > 50
+    importing = [str(p.relative_to(ROOT)) for p in files if _imports_a_command_module(p)]
+    assert importing == []
+    assert _imports_a_command_module(src / "cli.py")  # the check sees the one that does
+
+
+def test_a_command_module_holds_its_arguments_and_run_only():
+    """`HELP`, `add_arguments`, `run` and private helpers: a function others could import belongs in a library
+    module (kdgrid.grid_summary holds what `kdgrid grid` prints)."""
+    modules = [m.name for m in pkgutil.iter_modules(kdgrid.commands.__path__)]
+    assert "grid" in modules
+    for name in modules:
+        tree = ast.parse((ROOT / f"src/kdgrid/commands/{name}.py").read_text())
+        public = [node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))
+                  and not node.name.startswith("_")]
+        assert set(public) <= {"add_arguments", "run"}, (name, public)
 
 
 def test_every_rule_takes_its_params_from_one_grid_method():
@@ -61,6 +158,20 @@ def test_every_rule_takes_its_params_from_one_grid_method():
         assert f'**job_params("{rule}"' in block, rule
         for name in (f.name for f in dataclasses.fields(record)):
             assert f"{name}=" not in block.split("params:", 1)[1].split("log:", 1)[0], (rule, name)
+
+
+def test_an_sft_runs_seed_and_a_familys_name_come_from_their_records():
+    """As a KD cell's --seed comes from Grid.distill_args: a teacher's run at teacher_seed, a student's at
+    its own seed, whatever seed its path names."""
+    grid = expand_grid({**load_config(ROOT / "config/tiny.yaml"), "seeds": [1, 2], "teacher_seed": 2})
+    seed = grid.params_table("sft").field("seed")
+    for run in grid.sft_runs:
+        assert seed({"family": run.family, "model": run.model, "seed": str(run.seed)}) == run.seed
+        assert grid.sft_params(run).seed == run.seed and grid.sft_params(run).cell.endswith(f"/seed{run.seed}")
+    assert {r.seed for r in grid.sft_runs if r.model in grid.pairs} == {2}
+    assert {r.seed for r in grid.sft_runs if r.model not in grid.pairs} == {1, 2}
+    family = grid.params_table("prepare_data").field("family")
+    assert [family({"family": f}) for f in grid.models_of_family] == list(grid.models_of_family)
 
 
 def test_an_input_that_is_also_a_flag_is_passed_from_the_input():

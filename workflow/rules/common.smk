@@ -37,6 +37,7 @@ from kdgrid.grid import (
     TEACHER_OUTPUTS_FILE,
     TEACHER_RESPONSES_FILE,
     TEST_DIR,
+    TEST_SETS_KIND,
     TINY_MODEL_DIR,
     TRAIN_FILE,
     JobTable,
@@ -44,6 +45,7 @@ from kdgrid.grid import (
     flags,
 )
 from kdgrid.fingerprint import refresh_stamps
+from kdgrid.grid_summary import hub_disk
 from kdgrid.run_record import clear_stale_locks
 from kdgrid.tiny_models import world_fingerprint
 
@@ -66,27 +68,12 @@ HUB_MODEL_REGEX = GRID.hub_model_regex()
 FOLDER_STAMPS = GRID.folder_stamps()
 
 
-def hub_disk_summary():
-    """What the fetched hub models take on disk: one line for the dry run, before the job table."""
-    from kdgrid.hub import format_bytes
-
-    disk = GRID.fetch_disk()
-    if not disk["to_fetch"]:
-        return None
-    line = (f"kdgrid: {len(disk['to_fetch'])} hub model(s) to fetch into {GRID.models_dir}/: about "
-            f"{format_bytes(sum(disk['to_fetch'].values()))} (estimated from size_b at 2 bytes per parameter)")
-    if disk["fetched"]:
-        line += f"; {len(disk['fetched'])} fetched already: {format_bytes(sum(disk['fetched'].values()))}"
-    return line
-
-
 if workflow.is_main_process:  # once, where Snakemake runs, before the job table (not in every cluster job)
     from kdgrid.cost_plan import summary_line
 
     print(summary_line(GRID), file=sys.stderr)  # what the grid will cost (kdgrid.cost_plan)
-    hub_disk = hub_disk_summary()
-    if hub_disk:
-        print(hub_disk, file=sys.stderr)
+    for line in hub_disk(GRID):  # what the hub models still to fetch will take on disk
+        print(f"kdgrid: {line}", file=sys.stderr)
     GRID.check_model_folders()
     refresh_stamps(FOLDER_STAMPS, out(FINGERPRINT_CACHE))
     stale = clear_stale_locks()

@@ -12,7 +12,7 @@ rule fingerprint_folder:
     params:
         cache=out(FINGERPRINT_CACHE),
     wildcard_constraints:
-        kind="test-sets",
+        kind=TEST_SETS_KIND,
     log:
         log_of("fingerprint_folder", "{kind}/{name}"),
     # no benchmark: Snakemake counts a benchmark file among the outputs it compares with the folder, and

@@ -5,7 +5,8 @@
 - `jobs`: the job types (cells, SFT runs, evaluations, comparisons, teacher signals);
 - `rule_params`: what each rule hands its command (one record per job kind) and the tables the rules
   look each job's inputs, params and resources up in;
-- `expand`: the immutable `Grid` a config expands to, and everything the rules ask it.
+- `expand`: the immutable `Grid` a config expands to, and everything the rules ask it;
+- `frozen`: what makes that grid read-only all the way down (frozen dicts and lists, derived values).
 """
 
 from ..analysis.table import TEACHER_KINDS
@@ -47,6 +48,7 @@ from .layout import (
     TEACHER_RESPONSES_FILE,
     TEST_DIR,
     TEST_SET_STAMP,
+    TEST_SETS_KIND,
     TINY_MODEL_DIR,
     TRAIN_FILE,
     ablation_name,
@@ -131,6 +133,7 @@ __all__ = [
     "TEACHER_OUTPUTS_FILE",
     "TEACHER_RESPONSES_FILE",
     "TEST_DIR",
+    "TEST_SETS_KIND",
     "TEST_SET_STAMP",
     "TINY_MODEL_DIR",
     "TRAIN_FILE",

@@ -18,7 +18,6 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
-from functools import cached_property
 
 from ..analysis.table import TEACHER_KINDS
 from ..data_options import DataOptions
@@ -28,6 +27,7 @@ from ..hub import LOCK_NAME, estimated_bytes, fetch_record
 from ..methods import METHODS, cache_serves, get_method
 from ..options import check_config, config_flags, field_of, flag, problem
 from ..training.config import TrainConfig
+from .frozen import derived, frozen
 from .jobs import Cell, Comparison, Evaluation, SftRun, TeacherOutputs, TeacherResponses
 from .layout import (
     BASE_DIR,
@@ -113,6 +113,14 @@ class Grid:
     block_cells: dict[str, tuple[Cell, ...]] = field(default_factory=dict)
     models_dir: str = DEFAULT_MODELS_DIR
     config: dict = field(default_factory=dict, repr=False, compare=False)  # what the grid was expanded from
+
+    def __post_init__(self):
+        """Read-only all the way down (kdgrid.grid.frozen): every dict and list of the grid, its families'
+        data and training sections included, refuses changes; what it derives (`derived`) is kept."""
+        families = {name: dataclasses.replace(spec, data=frozen(spec.data), training=frozen(spec.training))
+                    for name, spec in self.families.items()}
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, frozen(families if f.name == "families" else getattr(self, f.name)))
 
     # -- paths ---------------------------------------------------------------------------------
     def out(self, *parts: str) -> str:
@@ -238,11 +246,11 @@ class Grid:
                             noise_sigma=cell.noise_sigma, temperature=cell.temperature,
                             max_temperature=float(self.teacher_cache["max_temperature"]))
 
-    @cached_property
+    @derived
     def cells_by_id(self) -> dict[str, Cell]:
         return {c.id: c for c in self.cells}
 
-    @cached_property
+    @derived
     def sft_runs(self) -> list[SftRun]:
         runs = {}
         for c in self.cells:
@@ -251,18 +259,18 @@ class Grid:
                 runs.setdefault(SftRun(c.family, c.teacher, self.teacher_seed), None)
         return list(runs)
 
-    @cached_property
+    @derived
     def sft_runs_by_id(self) -> dict[str, SftRun]:
         return {r.id: r for r in self.sft_runs}
 
-    @cached_property
+    @derived
     def models_of_family(self) -> dict[str, list[str]]:
         used: dict[str, dict[str, None]] = {}
         for c in self.cells:
             used.setdefault(c.family, {}).update({c.teacher: None, c.student: None})
         return {f: list(m) for f, m in used.items()}
 
-    @cached_property
+    @derived
     def evaluations(self) -> list[Evaluation]:
         evals = []
         for family, models in self.models_of_family.items():
@@ -277,7 +285,7 @@ class Grid:
             evals.append(Evaluation(c.id, c.family, "kd", c.student, self.kd_meta(c)))
         return evals
 
-    @cached_property
+    @derived
     def evaluations_by_ckpt(self) -> dict[str, Evaluation]:
         return {e.ckpt: e for e in self.evaluations}
 
@@ -286,7 +294,7 @@ class Grid:
                 ("student", c.student), ("method", c.method), ("temperature", fmt_number(c.temperature)),
                 ("noise_sigma", fmt_number(c.noise_sigma)), ("teacher_kind", c.teacher_kind), ("seed", c.seed))
 
-    @cached_property
+    @derived
     def comparisons(self) -> list[Comparison]:
         """Every KD student against its teacher, and every SFT student against each teacher (checkpoint)
         it has a KD cell with."""
@@ -304,15 +312,15 @@ class Grid:
                     ("seed", c.seed)))
         return list(comparisons.values())
 
-    @cached_property
+    @derived
     def comparisons_by_id(self) -> dict[str, Comparison]:
         return {c.id: c for c in self.comparisons}
 
-    @cached_property
+    @derived
     def teacher_outputs(self) -> list[TeacherOutputs]:
         return list({self.teacher_outputs_of(c): None for c in self.cells if self.uses_cache(c)})
 
-    @cached_property
+    @derived
     def teacher_outputs_by_path(self) -> dict[str, TeacherOutputs]:
         return {t.path: t for t in self.teacher_outputs}
 
@@ -329,21 +337,21 @@ class Grid:
             return None
         return TeacherResponses(cell.family, cell.teacher, cell.teacher_kind)
 
-    @cached_property
+    @derived
     def teacher_responses(self) -> list[TeacherResponses]:
         return list({TeacherResponses(c.family, c.teacher, c.teacher_kind): None
                      for c in self.cells if get_method(c.method).reads_responses})
 
-    @cached_property
+    @derived
     def teacher_responses_by_path(self) -> dict[str, TeacherResponses]:
         return {t.path: t for t in self.teacher_responses}
 
-    @cached_property
+    @derived
     def hub_models(self) -> list[str]:
         used = {m: None for models in self.models_of_family.values() for m in models}
         return [m for m in used if self.is_hub(m)]
 
-    @cached_property
+    @derived
     def tiny_models(self) -> list[str]:
         used = {m: None for models in self.models_of_family.values() for m in models}
         return [m for m in used if self.models[m].tiny]
@@ -488,14 +496,14 @@ class Grid:
             made_from = world_fingerprint()
         else:
             made_from = self.data_source_ids(family)
-        return PrepareDataParams(args=flags(self.data_args(family)), made_from=made_from)
+        return PrepareDataParams(family=family, args=flags(self.data_args(family)), made_from=made_from)
 
     def fetch_model_params(self, name: str) -> FetchModelParams:
         return FetchModelParams(hub=flags(self.fetch_args(name)), revision=self.revision_param(name))
 
     def sft_params(self, run: SftRun) -> SftParams:
         return SftParams(model=self.model_ref(run.model), model_revision=self.revision_param(run.model),
-                         training=flags(self.training_args(run.family)), cell=run.id)
+                         seed=run.seed, training=flags(self.training_args(run.family)), cell=run.id)
 
     def distill_params(self, cell: Cell) -> DistillParams:
         args = self.distill_args(cell, cache_path=False)  # the rule passes the cache as {input.cache}

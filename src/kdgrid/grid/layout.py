@@ -40,7 +40,8 @@ BENCHMARK_FILE = "benchmarks/{rule}/{job}.tsv"
 # Stamps standing in for folder inputs, with their folder's content hash (kdgrid.fingerprint).
 FOLDER_STAMP = "fingerprints/{kind}/{name}.json"
 MODEL_STAMP = FOLDER_STAMP.format(kind="models", name="{model}")
-TEST_SET_STAMP = FOLDER_STAMP.format(kind="test-sets", name="{family}")
+TEST_SETS_KIND = "test-sets"  # the stamps rule fingerprint_folder writes (a model's is written at parse time)
+TEST_SET_STAMP = FOLDER_STAMP.format(kind=TEST_SETS_KIND, name="{family}")
 FINGERPRINT_CACHE = "fingerprints/cache.json"
 # The inputs a grid builds itself, under its results folder too (docs/architecture.md).
 DATA_DIR = "resources/data/{family}"
