@@ -14,5 +14,5 @@ rule prepare_data:
     conda:
         ENV
     shell:
-        "kdgrid data prepare --family {params.family} {params.args} --out {params.out}"
+        "kdgrid data prepare --family {wildcards.family} {params.args} --out {params.out}"
         " > {log} 2>&1"

@@ -21,6 +21,6 @@ rule sft:
         # exec: a SIGTERM to the job (preemption, time limit) must reach kdgrid train, which saves a checkpoint,
         # without a shell in between that would die at once and end the job before the save.
         "exec kdgrid train --mode sft --model {params.model} --data {input.data} --out {params.out}"
-        " --seed {params.seed} {params.training} --cell {params.cell}"
+        " --seed {wildcards.seed} {params.training} --cell {params.cell}"
         " --nproc {resources.nproc} --zero-stage {resources.zero_stage}"
         " --keep-checkpoints {resources.keep_checkpoints} > {log} 2>&1"

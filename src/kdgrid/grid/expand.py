@@ -496,14 +496,14 @@ class Grid:
             made_from = world_fingerprint()
         else:
             made_from = self.data_source_ids(family)
-        return PrepareDataParams(family=family, args=flags(self.data_args(family)), made_from=made_from)
+        return PrepareDataParams(args=flags(self.data_args(family)), made_from=made_from)
 
     def fetch_model_params(self, name: str) -> FetchModelParams:
         return FetchModelParams(hub=flags(self.fetch_args(name)), revision=self.revision_param(name))
 
     def sft_params(self, run: SftRun) -> SftParams:
         return SftParams(model=self.model_ref(run.model), model_revision=self.revision_param(run.model),
-                         seed=run.seed, training=flags(self.training_args(run.family)), cell=run.id)
+                         training=flags(self.training_args(run.family)), cell=run.id)
 
     def distill_params(self, cell: Cell) -> DistillParams:
         args = self.distill_args(cell, cache_path=False)  # the rule passes the cache as {input.cache}

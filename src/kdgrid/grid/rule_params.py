@@ -28,7 +28,6 @@ def meta_flags(meta: Iterable[tuple[str, object]]) -> str:
 
 @dataclass(frozen=True)
 class PrepareDataParams:
-    family: str
     args: str
     made_from: Any  # the tiny world's code fingerprint, or the LLM-Adapters files' git blob ids (a dict)
 
@@ -43,7 +42,6 @@ class FetchModelParams:
 class SftParams:
     model: str
     model_revision: str
-    seed: int
     training: str
     cell: str
 
