@@ -229,17 +229,16 @@ class _HeadChunks(torch.autograd.Function):
             h = hidden_rows[block].detach()
             logits = _logits(h, weight.detach(), None if bias is None else bias.detach(), width, compute_dtype)
             total += chunk_loss(block, logits, row_weights[block].to(compute_dtype), need_grad)
-            if not need_grad:
-                del logits  # before the next block's logits exist
-                continue
-            grad = logits  # overwritten by the loss's gradient w.r.t. the logits
-            if need_hidden:
-                grad_hidden[block] = grad.to(weight.dtype) @ weight.detach()[:width]
-            if need_weight:
-                grad_weight[:width].addmm_(grad.T, h.to(compute_dtype))
-            if need_bias:
-                grad_bias[:width] += grad.sum(0)
-            del logits, grad  # before the next block's logits exist
+            if need_grad:
+                grad = logits  # overwritten by the loss's gradient w.r.t. the logits
+                if need_hidden:
+                    grad_hidden[block] = grad.to(weight.dtype) @ weight.detach()[:width]
+                if need_weight:
+                    grad_weight[:width].addmm_(grad.T, h.to(compute_dtype))
+                if need_bias:
+                    grad_bias[:width] += grad.sum(0)
+                del grad
+            del logits  # before the next block's logits exist
         saved = (grad_hidden, grad_weight, grad_bias)
         ctx.saved = tuple(None if g is None else (g if g.dtype == t.dtype else g.to(t.dtype))
                           for g, t in zip(saved, (hidden_rows, weight, bias)))

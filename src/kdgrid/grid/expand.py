@@ -339,8 +339,7 @@ class Grid:
 
     @derived
     def teacher_responses(self) -> list[TeacherResponses]:
-        return list({TeacherResponses(c.family, c.teacher, c.teacher_kind): None
-                     for c in self.cells if get_method(c.method).reads_responses})
+        return list({r: None for c in self.cells if (r := self.teacher_responses_of(c)) is not None})
 
     @derived
     def teacher_responses_by_path(self) -> dict[str, TeacherResponses]:
@@ -579,13 +578,11 @@ class Grid:
 
     def resources_table(self, rule: str) -> JobTable:
         """Each job's kdgrid.resources_plan.JobResources of `rule` (compare: the light plan of every job)."""
+        what, key, jobs = self._rule_jobs(rule)
         if rule == "compare":
             from ..resources_plan import plan_light
 
-            light = plan_light(self.resources)
-            what, key, jobs = self._rule_jobs(rule)
-            return JobTable(what, key, dict.fromkeys(jobs, light))
-        what, key, jobs = self._rule_jobs(rule)
+            return JobTable(what, key, dict.fromkeys(jobs, plan_light(self.resources)))
         plan = {"sft": self.resources_sft, "distill": self.resources_distill,
                 "evaluate": lambda ev: self.resources_inference(ev.model, ev.family, "evaluate"),
                 "teacher_outputs": lambda t: self.resources_inference(t.teacher, t.family, "teacher_outputs"),
