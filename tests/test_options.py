@@ -248,8 +248,8 @@ def schema_enums(node, where: str = "") -> dict[str, list]:
 
 def test_each_schema_enum_is_its_python_vocabulary():
     """Each vocabulary the schema lists is one in Python (a new enum needs its source named here)."""
-    from kdgrid.analysis.table import TEACHER_KINDS
     from kdgrid.data_options import SOURCES
+    from kdgrid.methods import TEACHER_KINDS
     from kdgrid.resources_plan import ACCELERATORS
 
     def choices(name):
@@ -270,7 +270,7 @@ def test_each_schema_enum_is_its_python_vocabulary():
     assert {where: tuple(values) for where, values in enums.items()} == sources
 
 
-VOCABULARIES = {"SOURCES": "src/kdgrid/data_options.py", "TEACHER_KINDS": "src/kdgrid/analysis/table.py"}
+VOCABULARIES = {"SOURCES": "src/kdgrid/data_options.py", "TEACHER_KINDS": "src/kdgrid/methods.py"}
 
 
 @pytest.mark.parametrize("name,owner", VOCABULARIES.items())

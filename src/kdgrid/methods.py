@@ -16,6 +16,7 @@ from types import MappingProxyType
 from .errors import unknown
 
 TEACHER_SIGNALS = ("logits", "responses")
+TEACHER_KINDS = ("sft", "base")  # a KD cell's teacher: fine-tuned on the family, or the base model
 
 
 @dataclass(frozen=True)

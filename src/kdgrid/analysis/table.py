@@ -4,7 +4,8 @@ evaluated checkpoint and the `compare.json` of every student-teacher comparison.
 Columns (TABLE_COLUMNS):
 - family, task (the family's tasks, then `Average`, the mean of the checkpoint's tasks), role (base|sft|kd),
   cell (the checkpoint's cell id), model (the evaluated model; the student for KD rows),
-  teacher, student, method, temperature, noise_sigma, teacher_kind (sft|base), seed: from the cell's meta;
+  teacher, student, method, temperature, noise_sigma, teacher_kind (kdgrid.methods.TEACHER_KINDS), seed: from
+  the cell's meta;
 - accuracy (%), n_items (test items scored);
 - accuracy_split1, accuracy_split2: accuracy (%) on each fixed half of the test set (`splits`), from the
   checkpoint's records.jsonl (`--records`); empty without records. Held-out temperature selection uses them.
@@ -34,12 +35,12 @@ from pathlib import Path
 
 from ..errors import KdgridError
 from ..io import atomic_path, read_json
+from ..methods import TEACHER_KINDS
 from ..provenance import as_columns, table_columns
 from .splits import SPLIT_COLUMNS, split_accuracies
 
 AVERAGE = "Average"
 ROLES = ("base", "sft", "kd")
-TEACHER_KINDS = ("sft", "base")  # a KD cell's teacher: fine-tuned on the family, or the base model
 METRICS = ("agreement", "bleu", "embedding_similarity")
 SFT_METRICS = tuple(f"sft_{m}" for m in METRICS)
 TABLE_COLUMNS = [

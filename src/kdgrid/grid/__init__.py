@@ -9,9 +9,8 @@
 - `frozen`: what makes that grid read-only all the way down (frozen dicts and lists, derived values).
 """
 
-from ..analysis.table import TEACHER_KINDS
 from ..data_options import SOURCES
-from ..methods import METHODS
+from ..methods import METHODS, TEACHER_KINDS
 from .expand import Grid, expand_grid
 from .jobs import Cell, Comparison, Evaluation, SftRun, TeacherOutputs, TeacherResponses
 from .layout import (

@@ -19,12 +19,11 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from ..analysis.table import TEACHER_KINDS
 from ..data_options import DataOptions
 from ..errors import KdgridError
 from ..evaluation.evaluate_options import EvaluateOptions
 from ..hub import LOCK_NAME, estimated_bytes, fetch_record
-from ..methods import METHODS, cache_serves, get_method
+from ..methods import METHODS, TEACHER_KINDS, cache_serves, get_method
 from ..options import check_config, config_flags, field_of, flag, problem
 from ..training.config import TrainConfig
 from .frozen import derived, frozen
