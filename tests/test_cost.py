@@ -84,6 +84,13 @@ def test_grid_cost_prints_gpu_hours_for_the_paper_grid_and_core_seconds_for_the_
     assert main(["grid", "cost", "--config", str(ROOT / "config/tiny.yaml")]) == 0
     out = capsys.readouterr().out
     assert "CPU core-seconds" in out and "GPU-hours" not in out and "teacher_responses" in out
+    # the tiny grid fine-tunes fully: its checkpoints are estimated; the paper grid's LoRA ones are said not to be
+    assert "per full fine-tuning job" in out and "LoRA jobs" not in out
+    assert main(["grid", "cost", "--config", str(ROOT / "config.yaml")]) == 0
+    out = capsys.readouterr().out
+    lora = sum(j.rule in ("sft", "distill") for j in job_estimates(paper))
+    assert f"checkpoints/ of the {lora} LoRA jobs hold their adapter and its Adam states (not estimated)" in out
+    assert "per full fine-tuning job" not in out
     assert "estimated cost of this grid" in summary_line(tiny)
 
 

@@ -7,7 +7,8 @@ charges), without start-up and without `runtime_margin` (the SLURM time limits a
 
 Disk per job: the merged model a training job publishes (its parameters x 4 bytes in fp32, else 2),
 the transient checkpoint it keeps while running (full fine-tuning: weights and Adam states,
-12 bytes per parameter; LoRA: the adapter only, counted as 0), a teacher-output cache (tokens x the
+12 bytes per parameter; LoRA: the adapter and its Adam states, not estimated: a model's config gives its
+size, not the layer shapes the adapter's size depends on), a teacher-output cache (tokens x the
 bytes per token of its format) and teacher responses (a few bytes per generated token).
 Nothing heavy is imported here: the Snakefile prints a line of it at parse time.
 """
@@ -214,7 +215,8 @@ def report(grid) -> str:
     models = sum(j.disk_bytes for j in jobs if j.rule in ("sft", "distill"))
     caches = sum(j.disk_bytes for j in jobs if j.rule == "teacher_outputs")
     responses = sum(j.disk_bytes for j in jobs if j.rule == "teacher_responses")
-    transient = max((j.transient_bytes for j in jobs), default=0.0)
+    full = [j.transient_bytes for j in jobs if j.rule in ("sft", "distill") and j.transient_bytes]
+    lora = sum(j.rule in ("sft", "distill") and not j.transient_bytes for j in jobs)
     per_cell = sorted(cell_disk(grid, jobs).values())
     lines += ["", "disk (estimated):",
               (f"  merged models {_gb(models)} ({sum(j.rule in ('sft', 'distill') for j in jobs)} SFT and KD models), "
@@ -222,8 +224,12 @@ def report(grid) -> str:
     if per_cell:
         lines.append(f"  per KD cell (its model + its share of the cache or responses it reads): median "
                      f"{_gb(per_cell[len(per_cell) // 2])}, largest {_gb(per_cell[-1])}")
-    lines.append(f"  while training, checkpoints/ holds up to {_gb(transient)} per job (full fine-tuning: weights and Adam "
-                 "states; LoRA: the adapter only), removed once the model is published (disk.keep_checkpoints: false)")
+    if full:
+        lines.append(f"  while training, checkpoints/ holds up to {_gb(max(full))} per full fine-tuning job (weights and "
+                     "Adam states), removed once the model is published (disk.keep_checkpoints: false)")
+    if lora:
+        lines.append(f"  while training, checkpoints/ of the {lora} LoRA jobs hold their adapter and its Adam states (not "
+                     "estimated), removed once the model is published (disk.keep_checkpoints: false)")
     return "\n".join(lines)
 
 
