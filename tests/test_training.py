@@ -410,6 +410,23 @@ def test_tokenizer_mismatch_is_refused(world):
 
         train_cell(TrainConfig(mode="distill", method="fkl", model=str(world / "tiny-xs"), teacher=str(other),
                                data=str(world / "train.json"), out=str(world / "mismatch"), max_steps=1))
+    assert not (world / "mismatch").exists()  # refused before checkpoints/ was made
+
+
+@pytest.mark.parametrize("bad,error", [
+    ('[{"instruction": "2+2?", "input": "", "answer": "4"}]', "output"),
+    ('[{"instruction": "2+2?", "input": "", "output": "4", "answer": "4"}', "not valid JSON"),
+])
+def test_bad_training_data_is_refused_before_anything_is_written(world, bad, error):
+    from kdgrid.training.config import TrainConfig
+    from kdgrid.training.engine import train as train_cell
+
+    data = world / "bad_train.json"
+    data.write_text(bad)
+    with pytest.raises(KdgridError, match=error):
+        train_cell(TrainConfig(mode="sft", model=str(world / "tiny-xs"), data=str(data), out=str(world / "bad_out"),
+                               max_steps=1))
+    assert not (world / "bad_out").exists()
 
 
 def test_nan_loss_stops_with_the_cell_and_step(world, capsys):

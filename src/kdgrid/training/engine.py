@@ -169,17 +169,18 @@ def _train_in_this_process(cfg: TrainConfig, received) -> None:
 
         deepspeed.init_distributed()  # deepspeed.comm on that group: ZeRO-3 loading partitions over it
     is_main = args.process_index == 0
-    why = prepare_checkpoints(cfg, checkpoints)[1] if is_main else ""
-    _barrier()
-    complete = complete_checkpoints(checkpoints)
-    resume = complete[-1] if complete else None
-
+    # the data and tokenizers are checked before checkpoints/ exists: bad input leaves nothing behind
     tokenizer = model_io.load_tokenizer(cfg.model)
     source = cfg.teacher_source
     if cfg.teacher and cfg.uses_teacher:
         model_io.check_tokenizers_agree(tokenizer, model_io.load_tokenizer(cfg.teacher), cfg.model, cfg.teacher)
     with args.main_process_first(desc="tokenise the training data"):
         examples, from_cache = load_tokenized(cfg.data, tokenizer, cfg.cutoff, cfg.token_scope)
+
+    why = prepare_checkpoints(cfg, checkpoints)[1] if is_main else ""
+    _barrier()
+    complete = complete_checkpoints(checkpoints)
+    resume = complete[-1] if complete else None
 
     truncated = sum(e["truncated"] for e in examples)
     set_seed(cfg.seed)
