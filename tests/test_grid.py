@@ -254,6 +254,10 @@ def test_tiny_grid_exercises_every_method_and_ablation(tiny):
     assert {c.ablation for c in tiny.cells} >= {"sft-teacher", "base-teacher", "noise1", "noise5"}
     assert set(tiny.tiny_models) == {"tiny-xs", "tiny-s", "tiny-m", "tiny-l"}
     assert sum(tiny.job_counts().values()) <= 135  # the demo's budget on two cores (measured: README)
+    # the README and docs/workflow.md say how many jobs the demo runs: the grid's, plus the `all` target
+    jobs = sum(tiny.job_counts().values()) + 1
+    assert f"{jobs} Snakemake jobs" in (ROOT / "README.md").read_text()
+    assert f"the embedded demo ({jobs} jobs)" in (ROOT / "docs/workflow.md").read_text()
     assert all(r.gpu == 0 and r.nproc == 1 and r.zero_stage == 0
                for r in map(tiny.resources_distill, tiny.cells))
 
