@@ -136,6 +136,7 @@ def test_load_records_normalises_missing_input_and_numeric_answer(tmp_path):
 
 @pytest.mark.parametrize("bad, message", [
     ({"instruction": "q", "input": "", "output": "o"}, "missing field 'answer'"),
+    ({"instruction": "q", "input": "", "output": "o", "answer": None}, "field 'answer' is null"),
     ({"instruction": ["q"], "input": "", "output": "o", "answer": "1"}, "'instruction' must be a string"),
     ({"instruction": "q", "input": "", "output": "o", "answer": True}, "'answer' must be a string"),
     ({"instruction": " ", "input": "", "output": "o", "answer": "1"}, "'instruction' is empty"),
@@ -144,7 +145,7 @@ def test_load_records_normalises_missing_input_and_numeric_answer(tmp_path):
 def test_malformed_record_names_file_and_index(tmp_path, bad, message):
     good = {"instruction": "q", "input": "", "output": "o", "answer": "1"}
     f = write(tmp_path / "set.json", [good, good, bad])
-    with pytest.raises(KdgridError, match=rf"set\.json, record 2: .*{message}"):
+    with pytest.raises(KdgridError, match=rf"set\.json, record 2 \(counting from 0\): .*{message}"):
         load_records(f)
 
 

@@ -16,7 +16,7 @@ FIELDS = ("instruction", "input", "output", "answer")
 
 
 def normalise_record(record, where: str) -> dict:
-    """The record as four strings; `where` ("FILE, record N") prefixes any error."""
+    """The record as four strings; `where` ("FILE, record N (counting from 0)") prefixes any error."""
     if not isinstance(record, dict):
         raise KdgridError(f"{where}: a record must be a JSON object, got {type(record).__name__}")
     out = {}
@@ -29,7 +29,7 @@ def normalise_record(record, where: str) -> dict:
         if isinstance(value, (int, float)) and field == "answer":
             value = str(value)
         if value is None:
-            raise KdgridError(f"{where}: missing field {field!r}")
+            raise KdgridError(f"{where}: field {field!r} is null" if field in record else f"{where}: missing field {field!r}")
         if not isinstance(value, str):
             raise KdgridError(f"{where}: field {field!r} must be a string, got {type(value).__name__}")
         out[field] = value
@@ -46,7 +46,7 @@ def validate_records(records, source: str, allow_empty: bool = False) -> list[di
         raise KdgridError(f"{source}: expected a JSON list of records, got {type(records).__name__}")
     if not records and not allow_empty:
         raise KdgridError(f"{source}: no records")
-    return [normalise_record(r, f"{source}, record {i}") for i, r in enumerate(records)]
+    return [normalise_record(r, f"{source}, record {i} (counting from 0)") for i, r in enumerate(records)]
 
 
 def load_records(path: str | os.PathLike, allow_empty: bool = False) -> list[dict]:

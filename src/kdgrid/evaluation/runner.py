@@ -71,7 +71,7 @@ def _check_test_set(path: Path) -> None:
     for i, record in enumerate(records):
         for key in ("instruction", "answer"):
             if not isinstance(record, dict) or key not in record:
-                raise KdgridError(f"{path}, record {i}: missing key {key!r}")
+                raise KdgridError(f"{path}, record {i} (counting from 0): missing key {key!r}")
 
 
 def _load_hf_model(model: str, device: str | None, batch_size: int, dtype: str):
