@@ -154,6 +154,28 @@ def test_the_command_line_defaults_are_the_fields_defaults(cls, command):
     assert options.from_args(cls, args) == cls(**{k.removeprefix("--").replace("-", "_"): v for k, v in given.items()})
 
 
+@pytest.mark.parametrize("cls,command", COMMANDS)
+def test_each_flag_s_help_gives_its_default(cls, command):
+    """`kdgrid COMMAND --help` says what the docs' option tables say: the default of every flag that has one."""
+    parser = build_parser()
+    sub = parser
+    for word in command.split():
+        sub = next(a for a in sub._actions if a.dest and a.choices and word in a.choices).choices[word]
+    helps = {a.option_strings[0]: a.help or "" for a in sub._actions if a.option_strings}
+    for f in fields(cls):
+        if options.is_required(f):
+            continue
+        text = " ".join(helps[options.flag(f)].split())
+        if options.base_type(cls, f) is bool and f.metadata.get("cli_choices") is None:
+            assert ("on by default" in text) == options.is_negated(f), options.flag(f)
+            continue
+        default = options.cli_default(cls, f)
+        if default in (None, ()):
+            continue
+        said = (f"default: {default}", f"default {default}", f"{default} (default)")
+        assert any(words in text for words in said), (options.flag(f), text)
+
+
 def test_the_functions_the_commands_call_take_the_options_defaults():
     import inspect
 

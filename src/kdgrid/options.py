@@ -92,6 +92,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
             kwargs["required"] = True
         else:
             kwargs["default"] = cli_default(cls, f)
+            kwargs["help"] = _with_default(kwargs["help"], cls, f)
         if kind is bool and m.get("cli_choices") is None:
             parser.add_argument(flag(f), dest=f.name, action="store_false" if is_negated(f) else "store_true",
                                 **kwargs)
@@ -104,6 +105,20 @@ def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
         if choices is not None:
             kwargs["choices"] = choices
         parser.add_argument(flag(f), **kwargs)
+
+
+def _with_default(help_text: str | None, cls, f) -> str | None:
+    """The help text with the flag's default, as the docs' option tables give it (unless it says it already)."""
+    if base_type(cls, f) is bool and f.metadata.get("cli_choices") is None:
+        said = "on by default" if is_negated(f) else None
+    else:
+        default = cli_default(cls, f)
+        said = None if default in (None, ()) else f"default: {default}"
+        if any(words in (help_text or "") for words in (f"default {default}", f"{default} (default)")):
+            said = None
+    if said is None:
+        return help_text
+    return f"{help_text} ({said})" if help_text else f"({said})"
 
 
 def from_args(cls, args):
