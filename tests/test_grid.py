@@ -300,6 +300,8 @@ def test_grid_command_prints_counts_and_costs(capsys):
     for row in [("main", "66"), ("temperature", "40"), ("distill", "119"), ("sft", "16"), ("evaluate", "151"),
                 ("distinct", "cells", "119")]:
         assert row in lines, row
+    rule_rows = out.split("jobs per rule:\n")[1].split("\n\n")[0].splitlines()
+    assert len({len(row) for row in rule_rows}) == 1, rule_rows  # the counts in one column (fingerprint_folder too)
     assert main(["grid", "teacher-cost", "--config", str(ROOT / "config.yaml")]) == 0
     out = capsys.readouterr().out
     assert "5,050,942" in out and "2,906,143" in out and "792 bytes per token" in out

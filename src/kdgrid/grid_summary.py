@@ -21,9 +21,10 @@ def summary(grid) -> str:
     lines.append("")
     lines.append("jobs per rule:")
     counts = grid.job_counts()
+    rule_width = max(len(rule) for rule in counts)
     for rule, n in counts.items():
-        lines.append(f"  {rule:<17}  {n:>5}")
-    lines.append(f"  {'total':<17}  {sum(counts.values()):>5}")
+        lines.append(f"  {rule:<{rule_width}}  {n:>5}")
+    lines.append(f"  {'total':<{rule_width}}  {sum(counts.values()):>5}")
     hub = hub_disk(grid, per_model=True)
     if hub:
         lines += ["", *hub]
