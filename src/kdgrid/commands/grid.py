@@ -11,8 +11,17 @@ from __future__ import annotations
 HELP = "inspect the expanded grid of a config: cells per block, jobs per rule, teacher costs, estimated cost"
 
 
+VIEWS = {
+    "summary": "cells per block, jobs per rule, the hub models' disk, the teacher cache",
+    "teacher-cost": "teacher forward passes with and without the cache",
+    "cells": "one line per distillation cell (its results folder)",
+    "cost": "estimated GPU-hours (CPU core-seconds) per rule, disk, the cache's saving",
+}
+
+
 def add_arguments(parser) -> None:
-    parser.add_argument("view", choices=["summary", "teacher-cost", "cells", "cost"], help="what to print")
+    parser.add_argument("view", choices=list(VIEWS), metavar="VIEW",
+                        help="what to print: " + "; ".join(f"{view}: {what}" for view, what in VIEWS.items()))
     parser.add_argument("--config", default="config.yaml", help="the workflow config (default: config.yaml)")
 
 
