@@ -151,3 +151,11 @@ def test_lint_finds_nothing(workdir):
     run = snakemake(workdir, "--lint")
     out = run.stdout + run.stderr
     assert "Congratulations, your workflow is in a good condition!" in out, out[-3000:]
+
+
+@pytest.mark.parametrize("profile", ["tiny", "local", "slurm"])
+def test_every_profile_prints_a_failed_job_s_log(profile):
+    import yaml
+
+    settings = yaml.safe_load((ROOT / "profiles" / profile / "config.yaml").read_text())
+    assert settings.get("show-failed-logs") is True  # the kdgrid error, not only "check log file(s)"
