@@ -32,6 +32,7 @@ def rows(role, model, accuracy, seed=1, teacher=None, method=None, temperature=N
             "temperature": temperature, "noise_sigma": 0.0 if role == "kd" else None,
             "teacher_kind": "sft" if role == "kd" else None, "seed": seed, "accuracy": accuracy, "n_items": 10,
             "accuracy_split1": splits[0] if splits else None, "accuracy_split2": splits[1] if splits else None,
+            "n_items_split1": 5 if splits else None, "n_items_split2": 5 if splits else None,
             "student_size_b": SIZES[model], "teacher_size_b": SIZES[teacher] if teacher else None,
         })
     return out

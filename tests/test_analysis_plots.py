@@ -135,3 +135,25 @@ def test_one_colour_per_method_across_figures():
     assert first[method_label("gkd")] == second[method_label("gkd")]
     assert len(set(map(tuple, second.values()))) == 4
     assert method_palette(["my_new_loss", "other"]) == method_palette(["other", "my_new_loss"])
+
+
+def test_temperature_sweep_draws_equal_accuracies_of_two_methods_apart():
+    from matplotlib.colors import to_hex
+
+    from kdgrid.analysis.figures import fig3_temperature
+
+    data = rows("sft", "s-small", [20.0, 20.0, 20.0])
+    for temperature, accuracy in ((1.0, 30.0), (2.0, 25.0), (4.0, 16.0)):
+        data += rows("kd", "s-small", [accuracy] * 3, "t-mid", "fkl", temperature)
+    for method in ("seqkd", "skew_kl"):  # the same accuracy at the same temperature
+        data += rows("kd", "s-small", [16.67] * 3, "t-mid", method, 1.0)
+    fig = fig3_temperature(pd.DataFrame(data, columns=TABLE_COLUMNS), None)
+    ax = fig.axes[0]
+    colors = {to_hex(c): label for label, c in method_palette(["fkl", "seqkd", "skew_kl"]).items()}
+    drawn = {colors[to_hex(line.get_color())]: list(zip(line.get_xdata(), line.get_ydata()))
+             for line in ax.get_lines() if to_hex(line.get_color()) in colors and len(line.get_xdata())}
+    (seqkd,), (skew,) = drawn[method_label("seqkd")], drawn[method_label("skew_kl")]
+    assert seqkd[1] == skew[1] == pytest.approx(16.67)
+    assert abs(seqkd[0] - skew[0]) > 0.02  # side by side, not one under the other
+    assert all(abs(x - t) < 0.1 for (x, _), t in zip(drawn[method_label("fkl")], (1.0, 2.0, 4.0)))
+    assert list(ax.get_xticks()) == [1.0, 2.0, 4.0]

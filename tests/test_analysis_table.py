@@ -173,6 +173,9 @@ def test_aggregate_adds_the_split_half_accuracies_from_records(grid, capsys):
             mine = [(i + k) % 2 == 0 for i in range(20) if split_of(task, i) == half]
             halves[(task, half)] = 100 * sum(mine) / len(mine)
             assert kd.loc[task, f"accuracy_split{half}"] == pytest.approx(halves[(task, half)])
+            assert kd.loc[task, f"n_items_split{half}"] == len(mine)
+        assert kd.loc[task, "n_items_split1"] + kd.loc[task, "n_items_split2"] == kd.loc[task, "n_items"]
     assert kd.loc["Average", "accuracy_split1"] == pytest.approx((halves[(TASKS[0], 1)] + halves[(TASKS[1], 1)]) / 2)
+    assert kd.loc["Average", ["n_items_split1", "n_items_split2"]].isna().all()  # as its n_items
     assert main(args + ["--records", *records[1:]]) != 0
     assert f"{score_files[0]}: no records.jsonl among --records" in capsys.readouterr().err

@@ -10,21 +10,24 @@ Beside the paper's definition each cell carries:
 - the per-seed improvements at the selected temperature (KD at seed s minus the student's SFT at seed s,
   or its seed mean when SFT has no run at s; `seed_improvements`), with a 95% t-interval over seeds
   (`improvement_ci_low/high`) and the same interval for the KD accuracy (`kd_accuracy_ci_low/high`);
-- `improvement_heldout`: the temperature chosen on one fixed half of the test items and scored on the
-  other (`splits`), both ways round and averaged, minus the student's SFT on the same halves. The
+- `improvement_heldout`: the temperature chosen on one fixed half of the test items scores the other half
+  (`splits`), both ways round, so every item is scored once, at the temperature its other half chose; the
+  accuracy over all items (each half weighted by its number of items) minus the student's SFT accuracy.
+  With one temperature, or both halves choosing the same, it is the paper's `improvement` exactly. The
   paper's `improvement` chooses and scores on the same items, which favours it; the difference is the
-  gain that comes from selection. Empty where the table has no split accuracies.
+  gain that comes from selection. Empty where the table has no split accuracies (or, where the halves
+  choose differently, no split item counts).
 """
 
 from __future__ import annotations
 
 from ..methods import METHODS
-from .splits import SPLIT_COLUMNS
+from .splits import SPLIT_COLUMNS, SPLIT_COUNT_COLUMNS
 from .table import AVERAGE
 
 CORE_COLUMNS = ("family", "task", "role", "model", "teacher", "student", "method", "temperature",
                 "noise_sigma", "teacher_kind", "accuracy")
-OPTIONAL_COLUMNS = ("seed", *SPLIT_COLUMNS, "agreement", "bleu", "embedding_similarity", "sft_agreement", "sft_bleu",
+OPTIONAL_COLUMNS = ("seed", *SPLIT_COLUMNS, *SPLIT_COUNT_COLUMNS, "agreement", "bleu", "embedding_similarity", "sft_agreement", "sft_bleu",
                     "sft_embedding_similarity", "student_size_b", "teacher_size_b")
 MEASURES = ("accuracy", *SPLIT_COLUMNS, "agreement", "bleu", "embedding_similarity", "sft_agreement", "sft_bleu",
             "sft_embedding_similarity")
@@ -75,6 +78,8 @@ def seed_averaged(kd):
     out["n_seeds"] = grouped["accuracy"].size()
     out["student_size_b"] = grouped["student_size_b"].first()
     out["teacher_size_b"] = grouped["teacher_size_b"].first()
+    for column in SPLIT_COUNT_COLUMNS:  # a property of the test set, the same at every seed
+        out[column] = grouped[column].first()
     out = out.reset_index()
     out.loc[out["n_seeds"] < 2, "seed_sd"] = np.nan
     return out
@@ -95,14 +100,13 @@ def kd_cells(table):
     best = best.rename(columns={"accuracy": "kd_accuracy", "temperature": "best_temperature"})
 
     sft = sft_accuracy(table)
-    best = best.merge(sft.rename(columns={"model": "student", "accuracy": "sft_accuracy",
-                                          **{c: f"sft_{c}" for c in SPLIT_COLUMNS}}),
-                      on=["family", "student", "task"], how="left")
+    best = best.merge(sft[["family", "model", "task", "accuracy"]].rename(
+        columns={"model": "student", "accuracy": "sft_accuracy"}), on=["family", "student", "task"], how="left")
     best = best.merge(sft[["family", "model", "task", "accuracy"]].rename(
         columns={"model": "teacher", "accuracy": "teacher_sft_accuracy"}), on=["family", "teacher", "task"], how="left")
     best["improvement"] = best["kd_accuracy"] - best["sft_accuracy"]
     best = _join(best, _heldout(averaged))
-    best["improvement_heldout"] = best["kd_accuracy_heldout"] - (best["sft_accuracy_split1"] + best["sft_accuracy_split2"]) / 2
+    best["improvement_heldout"] = best["kd_accuracy_heldout"] - best["sft_accuracy"]  # both over all items
     best = _join(best, _seed_intervals(seed_improvements(table, best)))
 
     sft_students = set(zip(table.loc[table["role"] == "sft", "family"], table.loc[table["role"] == "sft", "model"]))
@@ -137,25 +141,44 @@ def _join(cells, extra):
 
 
 def _heldout(averaged):
-    """Per cell: the KD accuracy with the temperature chosen on one half and scored on the other, both ways
-    round and averaged (ties go to the lower temperature, as for the paper's selection)."""
+    """Per cell: the KD accuracy over all items with each half scored at the temperature chosen on the other
+    half (ties go to the lower temperature, as for the paper's selection)."""
     import pandas as pd
 
+    tasks = averaged[averaged["task"] != AVERAGE].groupby(["family", "teacher", "student", "method"], dropna=False)
     rows = []
     for key, group in averaged.groupby(CELL_KEYS, dropna=False, sort=False):
-        group = group.sort_values("temperature", kind="stable")
-        scored, chosen = [], []
-        for choose_on, score_on in (("accuracy_split1", "accuracy_split2"), ("accuracy_split2", "accuracy_split1")):
-            known = group[group[choose_on].notna() & group[score_on].notna()]
-            if known.empty:
-                break
-            pick = known.loc[known[choose_on].idxmax()]
-            scored.append(pick[score_on])
-            chosen.append(f"{pick['temperature']:g}")
-        heldout = sum(scored) / 2 if len(scored) == 2 else float("nan")
-        rows.append(dict(zip(CELL_KEYS, key), kd_accuracy_heldout=heldout,
-                         heldout_temperatures="/".join(chosen) if len(scored) == 2 else ""))
+        cell = dict(zip(CELL_KEYS, key))
+        on_1, on_2 = _chosen(group, "accuracy_split1", "accuracy_split2"), _chosen(group, "accuracy_split2", "accuracy_split1")
+        if on_1 is None or on_2 is None:
+            heldout, chosen = float("nan"), ""
+        else:
+            chosen = f"{on_1:g}/{on_2:g}"
+            if on_1 == on_2:  # every item scored at the same temperature: its accuracy on all items
+                heldout = float(group.loc[group["temperature"] == on_1, "accuracy"].iloc[0])
+            elif cell["task"] == AVERAGE:  # the mean over the tasks, as the Average's accuracy is
+                parts = tasks.get_group(tuple(cell[k] for k in ("family", "teacher", "student", "method")))
+                heldout = sum(_crossed(part, on_1, on_2) for _, part in parts.groupby("task")) / parts["task"].nunique()
+            else:
+                heldout = _crossed(group, on_1, on_2)
+        rows.append({**cell, "kd_accuracy_heldout": heldout, "heldout_temperatures": chosen})
     return pd.DataFrame(rows, columns=CELL_KEYS + ["kd_accuracy_heldout", "heldout_temperatures"])
+
+
+def _chosen(group, choose_on: str, score_on: str):
+    """The temperature with the best accuracy on one half (the lowest of a tie), among those scored on both."""
+    known = group[group[choose_on].notna() & group[score_on].notna()].sort_values("temperature", kind="stable")
+    return None if known.empty else float(known.loc[known[choose_on].idxmax(), "temperature"])
+
+
+def _crossed(rows, on_1: float, on_2: float) -> float:
+    """One task's accuracy over all items with half 2 scored at temperature on_1 and half 1 at on_2, each half
+    weighted by its number of items (nan where a count or a temperature is missing)."""
+    at = rows.set_index("temperature")
+    if on_1 not in at.index or on_2 not in at.index:
+        return float("nan")
+    n1, n2 = at.at[on_2, "n_items_split1"], at.at[on_1, "n_items_split2"]
+    return float((n1 * at.at[on_2, "accuracy_split1"] + n2 * at.at[on_1, "accuracy_split2"]) / (n1 + n2))
 
 
 def seed_improvements(table, cells):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..errors import KdgridError
 from ..provenance import table_columns as provenance_columns
-from .splits import SPLIT_COLUMNS
+from .splits import SPLIT_COLUMNS, SPLIT_COUNT_COLUMNS
 from .table import AVERAGE, TABLE_COLUMNS, sort_table, warn
 
 RESULT_FILES = {
@@ -152,7 +152,7 @@ def import_paper(directory):
             kd.append(_pair_value(values, key + ("KD",), row.task) if applies else None)
             sft.append(_pair_value(values, key + ("SFT",), row.task) if applies else None)
         table[measure], table[f"sft_{measure}"] = kd, sft
-    for column in ("embedding_similarity", "sft_embedding_similarity", *SPLIT_COLUMNS):  # not published
+    for column in ("embedding_similarity", "sft_embedding_similarity", *SPLIT_COLUMNS, *SPLIT_COUNT_COLUMNS):  # not published
         table[column] = None
     table["data_verified"] = None  # published numbers: kdgrid checked no data of theirs
     # what kdgrid records of its own runs (revisions, cache decisions, the code that scored them): the

@@ -9,6 +9,8 @@ Columns (TABLE_COLUMNS):
 - accuracy (%), n_items (test items scored);
 - accuracy_split1, accuracy_split2: accuracy (%) on each fixed half of the test set (`splits`), from the
   checkpoint's records.jsonl (`--records`); empty without records. Held-out temperature selection uses them.
+- n_items_split1, n_items_split2: the number of items in each half, from the same records (empty for Average,
+  as n_items is); the held-out selection weights the halves by them.
 - agreement (%), bleu, embedding_similarity: the KD student against its own teacher (KD rows only);
 - sft_agreement, sft_bleu, sft_embedding_similarity: the same measures for the student's own SFT
   checkpoint against the same teacher (from the SFT student's compare.json for that teacher), so a
@@ -37,7 +39,7 @@ from ..errors import KdgridError
 from ..io import atomic_path, read_json
 from ..methods import TEACHER_KINDS
 from ..provenance import as_columns, table_columns
-from .splits import SPLIT_COLUMNS, split_accuracies
+from .splits import SPLIT_COLUMNS, SPLIT_COUNT_COLUMNS, split_accuracies
 
 AVERAGE = "Average"
 ROLES = ("base", "sft", "kd")
@@ -45,8 +47,8 @@ METRICS = ("agreement", "bleu", "embedding_similarity")
 SFT_METRICS = tuple(f"sft_{m}" for m in METRICS)
 TABLE_COLUMNS = [
     "family", "task", "role", "cell", "model", "teacher", "student", "method", "temperature",
-    "noise_sigma", "teacher_kind", "seed", "accuracy", "n_items", *SPLIT_COLUMNS, *METRICS, *SFT_METRICS,
-    "student_size_b", "teacher_size_b", "data_verified", "model_revision", "teacher_revision", *table_columns(),
+    "noise_sigma", "teacher_kind", "seed", "accuracy", "n_items", *SPLIT_COLUMNS, *SPLIT_COUNT_COLUMNS, *METRICS,
+    *SFT_METRICS, "student_size_b", "teacher_size_b", "data_verified", "model_revision", "teacher_revision", *table_columns(),
 ]
 REVISION_COLUMNS = ("model_revision", "teacher_revision")
 CACHE_COLUMNS = ["teacher_signal", "cache_decision_reason", "cache_loss_error"]
@@ -307,7 +309,7 @@ def build_table(scores_paths, compare_paths, sizes: dict[str, float], records_pa
                 row[m] = comp.get(m, {}).get(task)
                 row[f"sft_{m}"] = sft_comp.get(m, {}).get(task)
             per_task.append(row)
-        average = {**ident, "task": AVERAGE, "n_items": None}
+        average = {**ident, "task": AVERAGE, "n_items": None, **dict.fromkeys(SPLIT_COUNT_COLUMNS)}
         for key in ("accuracy", *METRICS, *SFT_METRICS):
             average[key] = _mean_or_none(r[key] for r in per_task) if complete else None
         for key in SPLIT_COLUMNS:
@@ -331,8 +333,8 @@ def sort_table(table, family_tasks: dict[str, list[str]] | None = None):
     keys = ["family", "_role", "model", "teacher", "method", "temperature", "noise_sigma", "teacher_kind", "seed", "_task", "task"]
     table = table.sort_values(keys, kind="stable", na_position="first").drop(columns=["_role", "_task"])
     table["seed"] = pd.array(table["seed"], dtype="Int64")
-    for column in ("temperature", "noise_sigma", "accuracy", "n_items", *SPLIT_COLUMNS, *METRICS, *SFT_METRICS, "student_size_b",
-                   "teacher_size_b", "cache_loss_error"):
+    for column in ("temperature", "noise_sigma", "accuracy", "n_items", *SPLIT_COLUMNS, *SPLIT_COUNT_COLUMNS, *METRICS,
+                   *SFT_METRICS, "student_size_b", "teacher_size_b", "cache_loss_error"):
         table[column] = pd.to_numeric(table[column], errors="coerce").astype("float64")
     table["data_verified"] = _nullable_bool(table["data_verified"])
     return table.reset_index(drop=True)
