@@ -17,10 +17,10 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from ..grid import grid_of, read_config
+    from ..grid import grid_of_file
     from ..grid_summary import summary, teacher_cost
 
-    grid = grid_of(read_config(args.config), [args.config])  # the file checked as the Snakefile checks it
+    grid = grid_of_file(args.config)  # the file checked as the Snakefile checks it
     if args.view == "summary":
         print(summary(grid))
     elif args.view == "teacher-cost":

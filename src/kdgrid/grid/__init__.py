@@ -12,7 +12,15 @@
 
 from ..data_options import SOURCES
 from ..methods import METHODS, TEACHER_KINDS
-from .config_file import SCHEMA, check_config_files, grid_of, load_config, read_config, validate_config
+from .config_file import (
+    SCHEMA,
+    check_config_files,
+    grid_of,
+    grid_of_file,
+    load_config,
+    read_config,
+    validate_config,
+)
 from .expand import Grid, expand_grid
 from .jobs import Cell, Comparison, Evaluation, SftRun, TeacherOutputs, TeacherResponses
 from .layout import (
@@ -163,6 +171,7 @@ __all__ = [
     "flags",
     "fmt_number",
     "grid_of",
+    "grid_of_file",
     "load_config",
     "meta_flags",
     "read_config",

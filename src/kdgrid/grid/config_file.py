@@ -126,10 +126,26 @@ def check_config_files(config: dict, files, schema_file: str | os.PathLike = SCH
 
 
 def read_config(path: str | os.PathLike) -> dict:
-    """A config file read strictly and checked against the schema: what `kdgrid grid --config` builds on."""
+    """A config file read strictly and checked against the schema."""
     config = load_config(path)
     validate_config(config, [path])
     return config
+
+
+def grid_of_file(path: str | os.PathLike) -> Grid:
+    """The grid of a config file for `kdgrid grid --config`, checked as the Snakefile checks it: read
+    strictly, then the schema. Where both refuse, the grid's message (a key it names with its block, an
+    empty selection) comes first; a config the grid accepts or cannot read still meets the schema."""
+    config = load_config(path)
+    try:
+        grid = grid_of(config, [path])
+    except KdgridError:
+        raise
+    except Exception:  # a value of the wrong type the grid trips on: the schema names it
+        validate_config(config, [path])
+        raise
+    validate_config(config, [path])
+    return grid
 
 
 def grid_of(config: dict, files) -> Grid:
