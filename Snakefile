@@ -7,11 +7,12 @@
 #   snakemake --profile profiles/tiny              the embedded tiny grid on CPU (config/tiny.yaml)
 #   snakemake --report results/report.html         the report, once a run has finished
 
+import os
 import sys
 
 from snakemake.utils import min_version, validate
 
-from kdgrid.grid import load_config, reject_non_finite
+from kdgrid.grid import check_config_files, load_config
 from kdgrid.run_record import forget_run, record_run
 
 min_version("9.0")
@@ -25,8 +26,12 @@ if not workflow.overwrite_configfiles:
     configfile: "config.yaml"
 
 
-reject_non_finite(config)  # .nan and .inf named by their key (the schema rejects them too, less clearly)
-validate(config, "workflow/schemas/config.schema.yaml")
+SCHEMA = "workflow/schemas/config.schema.yaml"
+# Each config file re-read strictly (a key given twice is refused: Snakemake's loader keeps the last),
+# then the config checked against the schema, one line naming the file, key and value (Snakemake's
+# validate prints the whole schema and config); the same check as `kdgrid grid --config`.
+check_config_files(config, workflow.configfiles, os.path.join(workflow.basedir, SCHEMA))
+validate(config, SCHEMA)  # fills in the schema's defaults
 
 
 include: "workflow/rules/common.smk"

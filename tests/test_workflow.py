@@ -104,7 +104,7 @@ def _set(path, value):
 
 
 @pytest.mark.parametrize("change, named", [
-    (_set(["families", "math", "training", "lr"], "fast"), ["'fast'", "['math']['training']['lr']"]),
+    (_set(["families", "math", "training", "lr"], "fast"), ["'fast'", "families.math.training.lr"]),
     (_set(["pairs", "Qwen2.5-3B"], ["Qwen2.5-0.5b"]), ["pairs.Qwen2.5-3B", "'Qwen2.5-0.5b'", "Qwen2.5-0.5B"]),
     # the registry is the one list of methods: kdgrid.grid names a wrong one (the schema has no list of its own)
     (_set(["blocks", 0, "methods"], ["fkl", "kld"]), ["'kld'", "blocks[0] (main).methods", "known methods: fkl"]),

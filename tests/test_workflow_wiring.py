@@ -22,8 +22,9 @@ GRID_SECTIONS = ("families", "kd", "evaluation", "compare", "teacher_cache", "re
                  "seeds", "config")
 # The only places that touch the config: the Snakefile loads and validates it, common.smk expands it.
 ALLOWED_CONFIG_USES = {
-    "Snakefile": ["reject_non_finite(config)", 'validate(config, "")'],
-    "common.smk": ["GRID = expand_grid(config)"],
+    "Snakefile": ["check_config_files(config, workflow.configfiles, os.path.join(workflow.basedir, SCHEMA))",
+                  "validate(config, SCHEMA)"],
+    "common.smk": ["GRID = grid_of(config, workflow.configfiles)"],
 }
 
 

@@ -41,15 +41,15 @@ from kdgrid.grid import (
     TINY_MODEL_DIR,
     TRAIN_FILE,
     JobTable,
-    expand_grid,
     flags,
+    grid_of,
 )
 from kdgrid.fingerprint import refresh_stamps
 from kdgrid.grid_summary import hub_disk
 from kdgrid.run_record import clear_stale_locks
 from kdgrid.tiny_models import world_fingerprint
 
-GRID = expand_grid(config)
+GRID = grid_of(config, workflow.configfiles)  # its errors name the config file and key
 out = GRID.out
 ENV = "../../envs/kdgrid.yaml"  # relative to the rule files
 TINY_WORLD = world_fingerprint()

@@ -26,10 +26,10 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from ..grid import expand_grid, load_config
+    from ..grid import grid_of_file
     from ..grid_summary import summary, teacher_cost
 
-    grid = expand_grid(load_config(args.config))
+    grid = grid_of_file(args.config)  # the file checked as the Snakefile checks it
     if args.view == "summary":
         print(summary(grid))
     elif args.view == "teacher-cost":

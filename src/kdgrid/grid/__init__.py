@@ -1,5 +1,6 @@
 """The experiment grid: a config dict in, every job of the study out.
 
+- `config_file`: reading a config file strictly and checking it against the schema, one-line errors;
 - `spec`: what a config describes (vocabularies, defaults, model and family specs, section parsing);
 - `layout`: where each kind of job writes under the results folder;
 - `jobs`: the job types (cells, SFT runs, evaluations, comparisons, teacher signals);
@@ -11,6 +12,15 @@
 
 from ..data_options import SOURCES
 from ..methods import METHODS, TEACHER_KINDS
+from .config_file import (
+    SCHEMA,
+    check_config_files,
+    grid_of,
+    grid_of_file,
+    load_config,
+    read_config,
+    validate_config,
+)
 from .expand import Grid, expand_grid
 from .jobs import Cell, Comparison, Evaluation, SftRun, TeacherOutputs, TeacherResponses
 from .layout import (
@@ -81,7 +91,6 @@ from .spec import (
     FAMILY_KEYS,
     FamilySpec,
     ModelSpec,
-    load_config,
     reject_non_finite,
 )
 
@@ -120,6 +129,7 @@ __all__ = [
     "PLOT_CAPTION",
     "PLOT_FILE",
     "PLOT_NAMES",
+    "SCHEMA",
     "SFT_COMPARE",
     "SFT_DIR",
     "SOURCES",
@@ -156,10 +166,15 @@ __all__ = [
     "TeacherResponses",
     "TeacherResponsesParams",
     "ablation_name",
+    "check_config_files",
     "expand_grid",
     "flags",
     "fmt_number",
+    "grid_of",
+    "grid_of_file",
     "load_config",
     "meta_flags",
+    "read_config",
     "reject_non_finite",
+    "validate_config",
 ]

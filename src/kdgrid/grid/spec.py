@@ -4,7 +4,6 @@ of the config's sections (each error names the key at fault)."""
 from __future__ import annotations
 
 import math
-import os
 import re
 from dataclasses import dataclass
 
@@ -16,6 +15,7 @@ from ..hub import COMMIT_REGEX
 from ..methods import METHODS, REGISTRY
 from ..options import check_config, config_defaults
 from ..tasks import FAMILIES, tasks_of
+from ..tiny_models import TINY_SPECS
 from ..training.config import TrainConfig
 from .layout import MODEL_NAME_REGEX
 
@@ -118,6 +118,8 @@ def parse_models(config: dict) -> dict[str, ModelSpec]:
         if "size_b" not in spec:
             raise KdgridError(f"config key models.{name}.size_b is missing (the size in billions of parameters)")
         tiny = bool(spec.get("tiny", False))
+        if tiny and name not in TINY_SPECS:
+            raise unknown_at(f"models.{name}", "tiny model", name, TINY_SPECS)
         if not tiny and not (spec.get("hub_id") or spec.get("path")):
             raise KdgridError(f"config key models.{name}: give a hub_id (or a local path), or tiny: true")
         revision = spec.get("revision")
@@ -152,10 +154,7 @@ def parse_families(config: dict) -> dict[str, FamilySpec]:
         tasks = tuple(as_list(spec.get("tasks"), f"{where}tasks"))
         if not tasks:
             raise KdgridError(f"config key {where}tasks is empty: list the family's test tasks")
-        family_tasks = [t.name for t in tasks_of(name)]
-        for task in tasks:
-            if task not in family_tasks:
-                raise unknown_at(f"{where}tasks", "task", task, family_tasks)
+        check_tasks(name, data["source"], tasks)
         approx_train = data["n_train"] or spec.get("approx_train_examples")
         if not approx_train:
             raise KdgridError(f"config key {where}approx_train_examples is missing: give data.n_train or the "
@@ -170,6 +169,22 @@ def parse_families(config: dict) -> dict[str, FamilySpec]:
     if not families:
         raise KdgridError("config key 'families' is empty")
     return families
+
+
+def check_tasks(family: str, source: str, tasks) -> None:
+    """Each of a family's tasks is one its data source provides (kdgrid.family_data.family_tasks): an error
+    lists that source's tasks only."""
+    from ..family_data import family_tasks  # here: kdgrid.family_data imports kdgrid.grid.layout
+
+    provided = family_tasks(family, source)
+    where = f"config key families.{family}.tasks"
+    for task in tasks:
+        if task in provided:
+            continue
+        if task in (t.name for t in tasks_of(family)):
+            raise KdgridError(f"{where}: {task!r} is not a task of families.{family}.data.source {source}; "
+                              f"{source} {family} tasks: {', '.join(provided)}")
+        raise KdgridError(f"{where}: unknown task {task!r}; {source} {family} tasks: {', '.join(provided)}")
 
 
 def as_list(value, key: str) -> list:
@@ -211,20 +226,3 @@ def resources_section(config: dict) -> dict:
     from ..resources_plan import DEFAULT_RESOURCES
 
     return section(config, "resources", DEFAULT_RESOURCES)
-
-
-def load_config(path: str | os.PathLike) -> dict:
-    import yaml
-
-    try:
-        with open(path, encoding="utf-8") as f:
-            config = yaml.safe_load(f)
-    except FileNotFoundError:
-        raise KdgridError(f"{path}: config file not found") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise KdgridError(f"{path}{where}: not valid YAML ({e})") from None
-    if not isinstance(config, dict):
-        raise KdgridError(f"{path}: expected a mapping of config keys")
-    return config
