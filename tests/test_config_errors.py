@@ -96,6 +96,16 @@ def test_kdgrid_grid_checks_the_schema_the_snakefile_checks(workdir, tmp_path, c
         assert expected in out, out[-2000:]
 
 
+@pytest.mark.parametrize("command", [["cluster", "check", "--profile", str(ROOT / "profiles/slurm")],
+                                     ["models", "list"]])
+def test_the_other_commands_that_read_a_config_check_it_as_kdgrid_grid_does(tmp_path, capsys, command):
+    config = tiny_config()
+    config["teacher_cach"] = config.pop("teacher_cache")
+    path = write_config(tmp_path / "misspelt.yaml", config)
+    assert main([*command, "--config", str(path)]) == 2
+    assert f"{path}: config key teacher_cach: not a known key" in capsys.readouterr().err
+
+
 DUPLICATE_LR = """\
 families:
   math:

@@ -18,9 +18,9 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from ..cluster import check, grid_requests, read_cluster, read_profile
-    from ..grid import expand_grid, load_config
+    from ..grid import grid_of_file
 
     profile = read_profile(args.profile)
-    jobs = grid_requests(expand_grid(load_config(args.config)), profile)
+    jobs = grid_requests(grid_of_file(args.config), profile)
     print(check(jobs, read_cluster(), profile.path, profile.status_command))
     return 0

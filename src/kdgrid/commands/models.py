@@ -43,13 +43,13 @@ def _source(grid, name: str) -> tuple[str, str]:
 
 
 def _list(args) -> int:
-    from ..grid import expand_grid, load_config
+    from ..grid import grid_of_file
     from ..models import known_models
     from ..tiny_models import tiny_param_count
 
     rows = [("name", "size", "source", "revision")]
     if os.path.isfile(args.config):
-        grid = expand_grid(load_config(args.config))
+        grid = grid_of_file(args.config)
         for name, spec in grid.models.items():
             rows.append((name, f"{spec.size_b:g}B", *_source(grid, name)))
         print(f"models of {args.config} (models_dir: {grid.models_dir}):")
