@@ -2,7 +2,7 @@
 #   make demo   create .venv, install, run the embedded tiny grid through Snakemake, build the report
 #   make test   create .venv, install, run the test suite
 #   make test-slurm   (root) the CI grid through profiles/slurm on a throwaway SLURM cluster
-#   make test-e2e     grids of their own: a stand-in hub, path: model fingerprints
+#   make test-e2e     grids of their own: a stand-in hub, path: model fingerprints; ZeRO-2/3 training
 #   make test-faults  fault injection on the CI grid
 #   make real-smoke  config/real-smoke.yaml through Snakemake on a real pretrained checkpoint, checked
 # Override PYTHON to pick an interpreter, TORCH to pick a torch build (e.g. TORCH="torch==2.13.0 --index-url ...").
@@ -39,7 +39,7 @@ test: $(STAMP)
 
 # Grids of their own through Snakemake: hub models fetched from a stand-in hub, path: model fingerprints.
 test-e2e: $(STAMP)
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -m e2e tests/test_hub_workflow.py tests/test_workflow_fingerprints.py
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -m e2e tests/test_hub_workflow.py tests/test_workflow_fingerprints.py tests/test_training.py
 
 test-slurm: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" tests/slurm/test-slurm.sh

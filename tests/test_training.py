@@ -463,6 +463,7 @@ def run_kdgrid(args: list[str], env_extra: dict | None = None) -> subprocess.Com
                           timeout=300, check=False)
 
 
+@pytest.mark.e2e  # two DeepSpeed processes per stage, about a minute: make test-e2e
 def test_zero2_and_zero3_match_stage0(world, teacher):
     """fkl averages per sequence, then over sequences, so 1 process accumulating 2 micro-batches of 2 and
     2 processes with one micro-batch of 2 each (--grad-accum counts the job's micro-batches: 2 / 2 per
