@@ -64,7 +64,7 @@ def main_kd_rows(table):
 def sft_accuracy(table):
     """Seed-averaged SFT accuracy per (family, model, task)."""
     sft = table[table["role"] == "sft"]
-    return sft.groupby(["family", "model", "task"], as_index=False, dropna=False)[["accuracy", *SPLIT_COLUMNS]].mean()
+    return sft.groupby(["family", "model", "task"], as_index=False, dropna=False)[["accuracy"]].mean()
 
 
 def seed_averaged(kd):
@@ -100,10 +100,10 @@ def kd_cells(table):
     best = best.rename(columns={"accuracy": "kd_accuracy", "temperature": "best_temperature"})
 
     sft = sft_accuracy(table)
-    best = best.merge(sft[["family", "model", "task", "accuracy"]].rename(
-        columns={"model": "student", "accuracy": "sft_accuracy"}), on=["family", "student", "task"], how="left")
-    best = best.merge(sft[["family", "model", "task", "accuracy"]].rename(
-        columns={"model": "teacher", "accuracy": "teacher_sft_accuracy"}), on=["family", "teacher", "task"], how="left")
+    best = best.merge(sft.rename(columns={"model": "student", "accuracy": "sft_accuracy"}),
+                      on=["family", "student", "task"], how="left")
+    best = best.merge(sft.rename(columns={"model": "teacher", "accuracy": "teacher_sft_accuracy"}),
+                      on=["family", "teacher", "task"], how="left")
     best["improvement"] = best["kd_accuracy"] - best["sft_accuracy"]
     best = _join(best, _heldout(averaged))
     best["improvement_heldout"] = best["kd_accuracy_heldout"] - best["sft_accuracy"]  # both over all items
@@ -145,7 +145,8 @@ def _heldout(averaged):
     half (ties go to the lower temperature, as for the paper's selection)."""
     import pandas as pd
 
-    tasks = averaged[averaged["task"] != AVERAGE].groupby(["family", "teacher", "student", "method"], dropna=False)
+    pair_keys = [k for k in CELL_KEYS if k != "task"]
+    tasks = averaged[averaged["task"] != AVERAGE].groupby(pair_keys, dropna=False)
     rows = []
     for key, group in averaged.groupby(CELL_KEYS, dropna=False, sort=False):
         cell = dict(zip(CELL_KEYS, key))
@@ -157,7 +158,7 @@ def _heldout(averaged):
             if on_1 == on_2:  # every item scored at the same temperature: its accuracy on all items
                 heldout = float(group.loc[group["temperature"] == on_1, "accuracy"].iloc[0])
             elif cell["task"] == AVERAGE:  # the mean over the tasks, as the Average's accuracy is
-                parts = tasks.get_group(tuple(cell[k] for k in ("family", "teacher", "student", "method")))
+                parts = tasks.get_group(tuple(cell[k] for k in pair_keys))
                 heldout = sum(_crossed(part, on_1, on_2) for _, part in parts.groupby("task")) / parts["task"].nunique()
             else:
                 heldout = _crossed(group, on_1, on_2)
