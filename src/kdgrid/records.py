@@ -15,8 +15,13 @@ from .errors import KdgridError
 FIELDS = ("instruction", "input", "output", "answer")
 
 
+def record_at(source, index: int) -> str:
+    """How an error names a record of a JSON list: its file and its index, which counts from 0."""
+    return f"{source}, record {index} (counting from 0)"
+
+
 def normalise_record(record, where: str) -> dict:
-    """The record as four strings; `where` ("FILE, record N (counting from 0)") prefixes any error."""
+    """The record as four strings; `where` (`record_at`) prefixes any error."""
     if not isinstance(record, dict):
         raise KdgridError(f"{where}: a record must be a JSON object, got {type(record).__name__}")
     out = {}
@@ -46,7 +51,7 @@ def validate_records(records, source: str, allow_empty: bool = False) -> list[di
         raise KdgridError(f"{source}: expected a JSON list of records, got {type(records).__name__}")
     if not records and not allow_empty:
         raise KdgridError(f"{source}: no records")
-    return [normalise_record(r, f"{source}, record {i} (counting from 0)") for i, r in enumerate(records)]
+    return [normalise_record(r, record_at(source, i)) for i, r in enumerate(records)]
 
 
 def load_records(path: str | os.PathLike, allow_empty: bool = False) -> list[dict]:

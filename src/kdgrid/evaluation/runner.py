@@ -20,6 +20,7 @@ from ..errors import KdgridError
 from ..hub import revisions_of
 from ..io import atomic_dir, read_json, write_json, write_jsonl
 from ..options import field_of, problem
+from ..records import record_at
 from ..tasks import get_task, tasks_of
 from .evaluate_options import EvaluateOptions
 from .lmeval_tasks import FILTER_NAME, METRIC, GenerationSettings, write_task_configs
@@ -71,7 +72,7 @@ def _check_test_set(path: Path) -> None:
     for i, record in enumerate(records):
         for key in ("instruction", "answer"):
             if not isinstance(record, dict) or key not in record:
-                raise KdgridError(f"{path}, record {i} (counting from 0): missing key {key!r}")
+                raise KdgridError(f"{record_at(path, i)}: missing key {key!r}")
 
 
 def _load_hf_model(model: str, device: str | None, batch_size: int, dtype: str):
