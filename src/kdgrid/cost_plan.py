@@ -212,14 +212,15 @@ def report(grid) -> str:
     lines.append(f"  teacher forward passes over training examples: {cost['with_cache']:,} with it, "
                  f"{cost['without_cache']:,} without (kdgrid grid teacher-cost)")
 
-    models = sum(j.disk_bytes for j in jobs if j.rule in ("sft", "distill"))
+    training = [j for j in jobs if j.rule in ("sft", "distill")]
+    models = sum(j.disk_bytes for j in training)
     caches = sum(j.disk_bytes for j in jobs if j.rule == "teacher_outputs")
     responses = sum(j.disk_bytes for j in jobs if j.rule == "teacher_responses")
-    full = [j.transient_bytes for j in jobs if j.rule in ("sft", "distill") and j.transient_bytes]
-    lora = sum(j.rule in ("sft", "distill") and not j.transient_bytes for j in jobs)
+    full = [j.transient_bytes for j in training if j.transient_bytes]  # LoRA jobs' checkpoints are not estimated
+    lora = len(training) - len(full)
     per_cell = sorted(cell_disk(grid, jobs).values())
     lines += ["", "disk (estimated):",
-              (f"  merged models {_gb(models)} ({sum(j.rule in ('sft', 'distill') for j in jobs)} SFT and KD models), "
+              (f"  merged models {_gb(models)} ({len(training)} SFT and KD models), "
               f"teacher-output caches {_gb(caches)}, teacher responses {_gb(responses)}; total {_gb(models + caches + responses)}")]
     if per_cell:
         lines.append(f"  per KD cell (its model + its share of the cache or responses it reads): median "
