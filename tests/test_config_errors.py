@@ -85,10 +85,15 @@ def test_a_misspelt_task_lists_its_sources_tasks_only(source, task, listed, not_
     assert not_listed not in message
 
 
-def test_kdgrid_grid_checks_the_schema_the_snakefile_checks(workdir, tmp_path, capsys):
+def misspelt_top_key(tmp_path: Path) -> Path:
+    """The tiny config with `teacher_cache` written `teacher_cach`."""
     config = tiny_config()
     config["teacher_cach"] = config.pop("teacher_cache")
-    path = write_config(tmp_path / "misspelt.yaml", config)
+    return write_config(tmp_path / "misspelt.yaml", config)
+
+
+def test_kdgrid_grid_checks_the_schema_the_snakefile_checks(workdir, tmp_path, capsys):
+    path = misspelt_top_key(tmp_path)
     expected = f"{path}: config key teacher_cach: not a known key; known keys here: outdir, models_dir, models"
     with pytest.raises(KdgridError, match="^" + re.escape(expected)):
         read_config(path)
@@ -99,9 +104,7 @@ def test_kdgrid_grid_checks_the_schema_the_snakefile_checks(workdir, tmp_path, c
 @pytest.mark.parametrize("command", [["cluster", "check", "--profile", str(ROOT / "profiles/slurm")],
                                      ["models", "list"]])
 def test_the_other_commands_that_read_a_config_check_it_as_kdgrid_grid_does(tmp_path, capsys, command):
-    config = tiny_config()
-    config["teacher_cach"] = config.pop("teacher_cache")
-    path = write_config(tmp_path / "misspelt.yaml", config)
+    path = misspelt_top_key(tmp_path)
     assert main([*command, "--config", str(path)]) == 2
     assert f"{path}: config key teacher_cach: not a known key" in capsys.readouterr().err
 
